@@ -1,0 +1,19 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _no_global_rng_leak():
+    """Every stochastic function takes a generator; the global RNG must come out untouched."""
+    state = torch.random.get_rng_state()
+    yield
+    assert torch.equal(state, torch.random.get_rng_state()), "test or code under test used the global RNG"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
