@@ -2,9 +2,10 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _no_global_rng_leak():
-    """Every stochastic function takes a generator; the global RNG must come out untouched."""
+@pytest.fixture
+def no_global_rng():
+    """Core code takes generators; the global RNG must come out untouched. Opt in per module with
+    ``pytestmark = pytest.mark.usefixtures("no_global_rng")`` (Lightning code seeds globally by design)."""
     state = torch.random.get_rng_state()
     yield
     assert torch.equal(state, torch.random.get_rng_state()), "test or code under test used the global RNG"
