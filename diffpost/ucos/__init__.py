@@ -1,0 +1,16 @@
+"""UCoS: unconditional representation of the conditional score (METHODS §3)."""
+from diffpost.ucos.gaussian import GaussianAuxiliaryDenoiser
+from diffpost.ucos.information import auxiliary_sample, information_offset, information_vector, posterior_denoiser
+from diffpost.ucos.preconditioners import (
+    DensePreconditioner,
+    Preconditioner,
+    RandomizedSVDPreconditioner,
+    SpectralPreconditioner,
+    default_preconditioner,
+)
+
+__all__ = [
+    "auxiliary_sample", "information_offset", "information_vector", "posterior_denoiser",
+    "GaussianAuxiliaryDenoiser", "Preconditioner", "SpectralPreconditioner", "DensePreconditioner",
+    "RandomizedSVDPreconditioner", "default_preconditioner",
+]
