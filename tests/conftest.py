@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+# Small tensors on a 2-core machine run far faster single-threaded (OpenMP contention measured at
+# 10-50x slowdowns); DDP tests spawn their own processes, each single-threaded too.
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def no_global_rng():

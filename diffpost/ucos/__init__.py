@@ -14,3 +14,6 @@ __all__ = [
     "GaussianAuxiliaryDenoiser", "Preconditioner", "SpectralPreconditioner", "DensePreconditioner",
     "RandomizedSVDPreconditioner", "default_preconditioner",
 ]
+from diffpost.ucos.model import UCoSDenoiser  # noqa: E402
+
+__all__ += ["UCoSDenoiser"]

@@ -1,0 +1,187 @@
+"""``UCoSModule``: trains the task-dependent auxiliary denoiser for one ``(A, σ_y)`` (METHODS §3) and
+samples posteriors with no forward-operator call in the sampling loop."""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from diffpost.image_quality import psnr
+from diffpost.operators import LinearOperator
+from diffpost.random import per_sample_generators, randn, seed_for
+from diffpost.samplers import CountingDenoiser
+from diffpost.schedules import EDMTrainingDensity, edm_loss_weight, karras_sigmas
+from diffpost.ucos import (
+    DensePreconditioner,
+    RandomizedSVDPreconditioner,
+    SpectralPreconditioner,
+    UCoSDenoiser,
+    auxiliary_sample,
+    default_preconditioner,
+    information_offset,
+    posterior_denoiser,
+)
+from lightning_modules.base import DiffpostModule
+from lightning_modules.sampling import SamplerName, run_sampler
+
+_VAL_STREAM, _POSTERIOR_STREAM = 1, 3
+
+
+class OperatorMismatchError(ValueError):
+    """A UCoS model used with an operator or σ_y it was not trained for."""
+
+
+class UCoSModule(DiffpostModule):
+    """Auxiliary-score training: ``Ỹ_σ = P_σ x0 + ξ`` from data ``x0``, regress ``x0`` (METHODS §3.1).
+
+    ``operator`` and ``sigma_y`` are linked from the DataModule by the CLI (one place in the config).
+    The checkpoint records the operator's spec and fingerprint, σ_y and the preconditioner factors;
+    sampling with another operator or σ_y raises ``OperatorMismatchError``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        operator: LinearOperator,
+        sigma_y: float,
+        rho0: float = 1.0,
+        preconditioner: Literal["auto", "spectral", "dense", "randomized"] = "auto",
+        precond_rank: int = 256,
+        sigma_data: float = 0.5,
+        p_mean: float = -1.2,
+        p_std: float = 1.2,
+        log_uniform_fraction: float = 0.3,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        rho: float = 7.0,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        sampler: SamplerName = "heun",
+        num_steps: int = 20,
+        seed: int = 0,
+        compile: bool = False,
+    ):
+        super().__init__()
+        if not (sigma_y > 0 and math.isfinite(sigma_y)):
+            raise ValueError(f"UCoSModule: sigma_y must be positive and finite, got {sigma_y}")
+        self._save_config({"net": net, "operator": operator})
+        self.operator = operator
+        precond = {
+            "auto": lambda: default_preconditioner(operator, sigma_y, rho0),
+            "spectral": lambda: SpectralPreconditioner(operator, sigma_y, rho0),
+            "dense": lambda: DensePreconditioner(operator, sigma_y, rho0),
+            "randomized": lambda: RandomizedSVDPreconditioner(operator, sigma_y, rho0, rank=precond_rank, seed=seed),
+        }[preconditioner]()
+        self.aux = UCoSDenoiser(net, precond, sigma_data=sigma_data)
+        self.density = EDMTrainingDensity(p_mean=p_mean, p_std=p_std, log_uniform_fraction=log_uniform_fraction,
+                                          sigma_min=sigma_min, sigma_max=sigma_max)
+        self.val_mmse_psnr, self.val_tikhonov_psnr = MeanMetric(), MeanMetric()
+
+    # ------------------------------------------------------------------ identity of the task
+    @property
+    def sigma_y(self) -> float:
+        return float(self.hparams.sigma_y)
+
+    def task_fingerprint(self) -> dict[str, Any]:
+        return {"operator_fingerprint": self.operator.fingerprint(), "sigma_y": self.sigma_y,
+                "preconditioner_fingerprint": self.aux.preconditioner.fingerprint(),
+                "operator": self.hparams.operator}
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        return self.task_fingerprint()
+
+    def check_task(self, operator: LinearOperator, sigma_y: float) -> None:
+        mine, theirs = self.operator.fingerprint(), operator.fingerprint()
+        if mine != theirs:
+            raise OperatorMismatchError(
+                f"this UCoS model was trained for {type(self.operator).__name__} {self.operator.config()} "
+                f"(fingerprint {mine}); got {type(operator).__name__} {operator.config()} (fingerprint {theirs})"
+            )
+        if not math.isclose(float(sigma_y), self.sigma_y, rel_tol=1e-6):
+            raise OperatorMismatchError(f"this UCoS model was trained for sigma_y = {self.sigma_y}; got sigma_y = {sigma_y}")
+
+    # ------------------------------------------------------------------ training
+    def configure_model(self) -> None:
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.aux.net = torch.compile(self.aux.net)
+            self._compiled = True
+
+    def ucos_loss(self, x0: torch.Tensor, sigma: torch.Tensor, generator) -> torch.Tensor:
+        """Per-sample ``λ(σ)‖D_θ(Ỹ_σ, σ) − x0‖²`` (pixel mean); one ``A`` and one ``Aᵀ`` per image."""
+        z = auxiliary_sample(x0, sigma, self.operator, self.sigma_y, generator)
+        err = ((self.aux(z, sigma) - x0) ** 2).flatten(1).mean(1)
+        return edm_loss_weight(sigma, self.hparams.sigma_data) * err
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x0 = batch["x"]
+        g = self.step_generator(batch_idx)
+        sigma = self.density.sample(x0.shape[0], g, dtype=x0.dtype, device=x0.device)
+        loss = self.ucos_loss(x0, sigma, g).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        return loss
+
+    def mmse(self, y: torch.Tensor) -> torch.Tensor:
+        """One network call: ``D_θ(b, σ_max) ≈ E[x0 | y]`` (the instant reconstruction, METHODS §3.1)."""
+        b = information_offset(y, self.operator, self.sigma_y)
+        return self.aux(b, torch.full((y.shape[0],), self.hparams.sigma_max, dtype=b.dtype, device=b.device))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        x0, y = batch["x"], batch["y"]
+        b = information_offset(y, self.operator, self.sigma_y)
+        smax = torch.full((y.shape[0],), self.hparams.sigma_max, dtype=b.dtype, device=b.device)
+        self.val_mmse_psnr.update(psnr(self.aux(b, smax), x0))
+        # the input estimate alone (σ → ∞ limit of G_σ b): the baseline the network must beat
+        self.val_tikhonov_psnr.update(psnr(self.aux.tikhonov(b, smax), x0))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/mmse_psnr", self.val_mmse_psnr.compute(), prog_bar=True)
+        self.log("val/input_estimate_psnr", self.val_tikhonov_psnr.compute())
+        self.val_mmse_psnr.reset()
+        self.val_tikhonov_psnr.reset()
+
+    # ------------------------------------------------------------------ posterior sampling
+    def sample_posterior(self, y: torch.Tensor, *, operator: LinearOperator | None = None, sigma_y: float | None = None,
+                         index: torch.Tensor | None = None, n_samples: int = 8, num_steps: int | None = None,
+                         sampler: SamplerName | None = None, seed: int = 0, churn: float = 0.0, callback=None) -> dict[str, Any]:
+        """Posterior samples for each measurement: ``b = Aᵀy/σ_y²`` once, then any σ-space sampler on
+        ``D_θ(x/σ² + b, σ)``. Returns samples ``(B, S, *x_shape)``, mean, std, nfe and operator calls.
+
+        Per-(index, sample) seeds: results do not depend on batch size or how measurements are sharded.
+        """
+        if operator is not None:
+            self.check_task(operator, self.sigma_y if sigma_y is None else sigma_y)
+        elif sigma_y is not None:
+            self.check_task(self.operator, sigma_y)
+        op = self.operator
+        if y.dim() != len(op.y_shape) + 1 or tuple(y.shape[1:]) != op.y_shape:
+            raise ValueError(f"measurement has shape {tuple(y.shape)}; this model needs (B, {', '.join(map(str, op.y_shape))})")
+        B = y.shape[0]
+        index = torch.arange(B) if index is None else index
+        dtype = next(self.aux.net.parameters()).dtype
+        y = y.to(device=self.device, dtype=dtype)
+        calls_before = dict(op.counts)
+        b = information_offset(y, op, self.sigma_y)  # the only operator use
+        b = b.repeat_interleave(n_samples, 0)
+        gens = per_sample_generators([seed_for(seed, _POSTERIOR_STREAM, int(i), s) for i in index for s in range(n_samples)])
+        sigmas = karras_sigmas(num_steps or self.hparams.num_steps, self.hparams.sigma_min, self.hparams.sigma_max,
+                               self.hparams.rho, dtype=dtype, device=self.device)
+        x = sigmas[0] * randn(b.shape, gens, dtype=dtype, device=self.device)
+        den = CountingDenoiser(posterior_denoiser(self.aux, b))
+        out = run_sampler(sampler or self.hparams.sampler, den, x, sigmas, generator=gens, callback=callback, churn=churn)
+        samples = out.reshape(B, n_samples, *op.x_shape)
+        calls = {k: op.counts[k] - calls_before.get(k, 0) for k in ("forward", "adjoint")}
+        return {"samples": samples, "mean": samples.mean(1), "std": samples.std(1) if n_samples > 1 else torch.zeros_like(samples[:, 0]),
+                "nfe": den.nfe, "operator_calls": calls}
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        out = self.sample_posterior(batch["y"], index=batch["index"])
+        return {"index": batch["index"], "samples": out["samples"], "mean": out["mean"], "std": out["std"]}
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return self.build_optimizer(hp.lr, hp.weight_decay, hp.warmup_steps, hp.lr_schedule)
