@@ -23,7 +23,8 @@ class GaussianAuxiliaryDenoiser:
     def __call__(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(z.shape[0])
         rhs = (self.prec @ self.mean).unsqueeze(0) + z.reshape(z.shape[0], -1).double()
-        out = []
-        for s, r in zip(sigma, rhs):
-            out.append(torch.linalg.solve(self.prec + self.eye / s**2 + self.ata, r))
-        return torch.stack(out).reshape(z.shape).to(z.dtype)
+        out = torch.empty_like(rhs)
+        for s in torch.unique(sigma):  # samplers use one σ per step: one solve per distinct σ
+            rows = sigma == s
+            out[rows] = torch.linalg.solve(self.prec + self.eye / s**2 + self.ata, rhs[rows].T).T
+        return out.reshape(z.shape).to(z.dtype)

@@ -1,0 +1,293 @@
+"""A LightningDataModule that synthesises measurements ``y = A x + η`` from any image dataset.
+
+Reproducibility contract (DESIGN.md, "DataModules"): the noise of an item is drawn from its own
+generator, seeded by ``seed_for(seed, split_id, index)`` for val/test and by
+``seed_for(seed, split_id, index, epoch)`` for train, where ``index`` is the item's index into
+``images``. So val/test measurements are identical for any batch size, worker count or world size,
+training sees fresh noise every epoch, and the global RNG is never used.
+
+The training epoch reaches the dataset through the sampler, the standard PyTorch contract
+(``sampler.set_epoch(e)`` before creating the epoch's iterator): Lightning calls ``set_epoch`` on the
+train loader's sampler every epoch (on our own sampler on one process, on the ``DistributedSampler``
+it substitutes under DDP), and the loader copies the sampler's epoch into the dataset when its
+iterator is created, before workers start. Workers are not persistent, so each epoch's workers see it.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from diffpost.operators import GaussianNoise, LinearOperator
+from diffpost.random import make_generator, seed_for
+
+#: split ids mixed into noise seeds (part of the reproducibility contract: do not renumber)
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+_SHUFFLE_KEY = 97  # a seed key for the single-process training shuffle, distinct from the split ids
+
+
+def operator_spec(operator: LinearOperator) -> dict[str, Any]:
+    """Plain-typed description of an operator: ``class_path``, ``init_args`` (its config) and ``fingerprint``."""
+    cls = type(operator)
+    return {
+        "class_path": f"{cls.__module__}.{cls.__qualname__}",
+        "init_args": operator.config(),
+        "fingerprint": operator.fingerprint(),
+    }
+
+
+class MeasurementDataset(Dataset):
+    """Items ``{"x", "y", "index"}`` for the given indices of ``images``; ``A x`` per sample on CPU."""
+
+    def __init__(
+        self,
+        images: Dataset,
+        operator: LinearOperator,
+        noise: GaussianNoise,
+        indices: range,
+        split: str,
+        seed: int,
+    ):
+        super().__init__()
+        self.images, self.operator, self.noise = images, operator, noise
+        self.indices, self.split, self.seed = indices, split, int(seed)
+        self.split_id = SPLIT_IDS[split]
+        self.epoch = 0  # used by the train split only
+        self._cpu_copy: LinearOperator | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def noise_seed(self, index: int) -> int:
+        if self.split == "train":
+            return seed_for(self.seed, self.split_id, index, self.epoch)
+        return seed_for(self.seed, self.split_id, index)
+
+    def image(self, index: int) -> torch.Tensor:
+        x = self.images[index]
+        if isinstance(x, (tuple, list)):  # (image, label) datasets
+            x = x[0]
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            raise TypeError(f"images[{index}] must be a floating-point tensor in [-1, 1], got {type(x).__name__}"
+                            + (f" of dtype {x.dtype}" if torch.is_tensor(x) else ""))
+        if tuple(x.shape) != self.operator.x_shape:
+            raise ValueError(f"images[{index}] has shape {tuple(x.shape)} but the operator acts on x_shape {self.operator.x_shape}")
+        return x
+
+    def prepare(self) -> None:
+        """Choose the operator used for synthesis, in the main process before workers start: the
+        operator itself if its tensors are on CPU, else a CPU copy (a model may have moved a shared
+        operator to the GPU; workers must not touch CUDA)."""
+        self._cpu_copy = None if _on_cpu(self.operator) else copy.deepcopy(self.operator).to("cpu")
+
+    def _synthesis_operator(self) -> LinearOperator:
+        if self._cpu_copy is None and not _on_cpu(self.operator):
+            self.prepare()
+        return self.operator if self._cpu_copy is None else self._cpu_copy
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if state.get("_cpu_copy") is not None:
+            state["operator"] = state["_cpu_copy"]  # never pickle CUDA tensors into workers
+        return state
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        index = self.indices[k]
+        x = self.image(index)
+        with torch.no_grad():
+            # float64 then rounded to x's precision: float32 BLAS results depend on the thread count
+            # (main process vs single-threaded workers); rounded float64 results do not
+            y_clean = self._synthesis_operator()(x[None].to(torch.float64))
+            y = self.noise.sample(y_clean, make_generator(self.noise_seed(index)))[0]
+        return {"x": x, "y": y.to(_matching_dtype(y.dtype, x.dtype)), "index": torch.tensor(index, dtype=torch.long)}
+
+
+def _matching_dtype(y_dtype: torch.dtype, x_dtype: torch.dtype) -> torch.dtype:
+    if y_dtype.is_complex:
+        return torch.complex64 if x_dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.complex128
+    return x_dtype
+
+
+def _on_cpu(module: torch.nn.Module) -> bool:
+    return all(t.device.type == "cpu" for t in list(module.buffers()) + list(module.parameters()))
+
+
+class EpochShuffleSampler(RandomSampler):
+    """Shuffles with a generator seeded by ``(seed, epoch)`` (no global RNG) and carries ``epoch``.
+
+    A ``RandomSampler`` subclass on purpose: under DDP Lightning replaces it by its default
+    ``DistributedSampler`` (shuffle on), which carries ``epoch`` the same way.
+    """
+
+    def __init__(self, data_source: Dataset, seed: int = 0):
+        super().__init__(data_source)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        g = make_generator(seed_for(self.seed, _SHUFFLE_KEY, self.epoch))
+        return iter(torch.randperm(len(self.data_source), generator=g).tolist())
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader that hands its sampler's epoch to a ``MeasurementDataset`` when an epoch starts."""
+
+    def __iter__(self):
+        epoch = getattr(self.sampler, "epoch", None)
+        if epoch is not None and isinstance(self.dataset, MeasurementDataset):
+            self.dataset.set_epoch(epoch)
+        return super().__iter__()
+
+
+class InverseProblemDataModule(LightningDataModule):
+    """Images from ``images`` with synthesised measurements ``y = A x + η``, ``η ~ N(0, σ_y² I)``.
+
+    Splits are disjoint index ranges of ``images``: val ``[0, n_val)``, test ``[n_val, n_val + n_test)``,
+    train the next ``n_train`` indices (default: all the rest). Batches are dicts ``x (B, C, H, W)``,
+    ``y (B, *y_shape)``, ``index (B,)`` (indices into ``images``).
+    """
+
+    def __init__(
+        self,
+        images: Dataset,
+        operator: LinearOperator,
+        sigma_y: float = 0.05,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        n_train: int | None = None,
+        n_val: int = 64,
+        n_test: int = 64,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        if not isinstance(operator, LinearOperator):
+            raise TypeError(f"InverseProblemDataModule: operator must be a diffpost LinearOperator, got {type(operator).__name__}")
+        if not hasattr(images, "__getitem__") or not hasattr(images, "__len__"):
+            raise TypeError(f"InverseProblemDataModule: images must be a map-style dataset with __len__, got {type(images).__name__}")
+        for name, value, lo in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("n_val", n_val, 0), ("n_test", n_test, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ValueError(f"InverseProblemDataModule: {name} must be an integer >= {lo}, got {value!r}")
+        total = len(images)
+        n_eval = n_val + n_test
+        if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 0):
+            raise ValueError(f"InverseProblemDataModule: n_train must be None or an integer >= 0, got {n_train!r}")
+        wanted = n_eval + (n_train or 0)
+        if wanted > total:
+            raise ValueError(
+                f"InverseProblemDataModule: n_val + n_test{' + n_train' if n_train else ''} = {wanted} exceeds the "
+                f"{total} images of {type(images).__name__}"
+            )
+        self._images = images
+        self._operator = operator
+        self._noise = GaussianNoise(sigma_y)  # validates sigma_y
+        self.batch_size, self.num_workers, self.pin_memory, self.seed = batch_size, num_workers, bool(pin_memory), int(seed)
+        n_train_eff = total - n_eval if n_train is None else n_train
+        self.split_indices = {
+            "val": range(0, n_val),
+            "test": range(n_val, n_eval),
+            "train": range(n_eval, n_eval + n_train_eff),
+        }
+        self._datasets: dict[str, MeasurementDataset] = {}
+        # modules never go into hparams (checkpoints load with weights_only=True): a plain description
+        self.save_hyperparameters(ignore=["images", "operator"])
+        self.save_hyperparameters(
+            {
+                **self.hparams,
+                "operator_spec": operator_spec(operator),
+                "images_class": f"{type(images).__module__}.{type(images).__qualname__}",
+                "n_images": total,
+            }
+        )
+
+    # ------------------------------------------------------------------------- properties
+    @property
+    def operator(self) -> LinearOperator:
+        return self._operator
+
+    @property
+    def noise(self) -> GaussianNoise:
+        return self._noise
+
+    @property
+    def sigma_y(self) -> float:
+        return self._noise.sigma_y
+
+    @property
+    def images(self) -> Dataset:
+        return self._images
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return self._operator.x_shape
+
+    @property
+    def y_shape(self) -> tuple[int, ...]:
+        return self._operator.y_shape
+
+    # ------------------------------------------------------------------------- datasets
+    def dataset(self, split: str) -> MeasurementDataset:
+        """The ``MeasurementDataset`` of ``split`` ("train", "val" or "test")."""
+        if split not in SPLIT_IDS:
+            raise ValueError(f"InverseProblemDataModule: split must be one of {list(SPLIT_IDS)}, got {split!r}")
+        if split not in self._datasets:
+            self._datasets[split] = MeasurementDataset(
+                self._images, self._operator, self._noise, self.split_indices[split], split, self.seed
+            )
+        return self._datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        # fail early (not inside a worker) if images and operator disagree
+        for split in ("val", "test", "train"):
+            if len(self.split_indices[split]):
+                self.dataset(split).image(self.split_indices[split][0])
+                break
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the training noise epoch for manual iteration (Lightning sets it through the sampler)."""
+        self.dataset("train").set_epoch(epoch)
+
+    def _loader(self, split: str, *, train: bool) -> DataLoader:
+        ds = self.dataset(split)
+        ds.prepare()
+        if len(ds) == 0:
+            raise ValueError(f"InverseProblemDataModule: the {split} split is empty (check n_{split} and len(images))")
+        common = dict(batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory)
+        if train:
+            return EpochDataLoader(ds, sampler=EpochShuffleSampler(ds, self.seed), drop_last=False, **common)
+        return DataLoader(ds, shuffle=False, **common)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def val_subset(self, n: int) -> list[dict[str, torch.Tensor]]:
+        """The first ``n`` validation items ``{"x", "y", "index"}`` (unbatched; fixed across calls)."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(self.split_indices["val"]):
+            raise ValueError(f"val_subset: n must be an integer in [0, n_val={len(self.split_indices['val'])}], got {n!r}")
+        ds = self.dataset("val")
+        ds.prepare()
+        return [ds[k] for k in range(n)]
+
+    def export_measurements(self, path: str, split: str = "test", n: int | None = None) -> str:
+        """Write the first ``n`` items of ``split`` to a ``.pt`` file (see ``datamodules.export``)."""
+        from datamodules.export import export_measurements
+
+        return export_measurements(self, path, split=split, n=n)
