@@ -47,7 +47,7 @@ class UCoSModule(DiffpostModule):
         net: nn.Module,
         operator: LinearOperator,
         sigma_y: float,
-        rho0: float = 1.0,
+        rho0: float = 4.0,
         preconditioner: Literal["auto", "spectral", "dense", "randomized"] = "auto",
         precond_rank: int = 256,
         sigma_data: float = 0.5,
