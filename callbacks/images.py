@@ -8,15 +8,16 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid, save_image
 
+from callbacks.reconstruction import eval_items
 from lightning_modules.reconstruct import Reconstructor, Tikhonov
 
 
-def _display(x: torch.Tensor) -> torch.Tensor:
+def to_display(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] → [0, 1] for display."""
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 
-def _autoscale(x: torch.Tensor) -> torch.Tensor:
+def autoscale(x: torch.Tensor) -> torch.Tensor:
     """Per-image min–max scaling (back-projections live on another scale)."""
     flat = x.float().flatten(1)
     lo, hi = flat.min(1).values.view(-1, 1, 1, 1), flat.max(1).values.view(-1, 1, 1, 1)
@@ -24,50 +25,57 @@ def _autoscale(x: torch.Tensor) -> torch.Tensor:
 
 
 class ImageLogger(pl.Callback):
-    """Logs a grid (rows: truth, Aᵀy, reconstruction, samples) each ``every_n_epochs`` validation epochs.
+    """Logs a grid every ``every_n_epochs`` validation epochs; one column per validation image, rows:
+    truth, ``Aᵀy`` (min–max scaled), ``reconstructor``'s estimate, and (for modules with ``sample``,
+    i.e. priors) unconditional samples.
 
-    Uses the reconstructions of a ``ReconstructionMetrics`` callback when one ran this epoch, else its
-    own ``reconstructor``. Wandb and TensorBoard get the image; other loggers get a PNG in the log dir.
+    Runs on rank 0 only, at the first validation batch (so the EMA weights are the ones shown). W&B
+    and TensorBoard loggers get the image; otherwise a PNG goes to ``<log_dir>/images/``. Skipped
+    under ``fast_dev_run`` (Lightning disables loggers there). A ``PosteriorSampling`` reconstructor
+    shows posterior means; it then samples ``n_images`` measurements on rank 0.
     """
+
+    CAPTION = "rows: truth | Aᵀy (scaled) | reconstruction | unconditional samples"
 
     def __init__(self, n_images: int = 8, every_n_epochs: int = 1, reconstructor: Reconstructor | None = None,
                  log_samples: bool = True, sample_steps: int = 18):
+        for name, v in (("n_images", n_images), ("every_n_epochs", every_n_epochs), ("sample_steps", sample_steps)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"ImageLogger: {name} must be a positive integer, got {v!r}")
         self.n_images, self.every_n_epochs = n_images, every_n_epochs
         self.reconstructor = reconstructor if reconstructor is not None else Tikhonov()
         self.log_samples, self.sample_steps = log_samples, sample_steps
 
-    @torch.no_grad()
     def make_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
+        """The ``(3, H', W')`` grid in [0, 1]."""
         dm = trainer.datamodule
-        batch = dm.val_subset(self.n_images)
-        x, y, index = (batch[k].to(pl_module.device) for k in ("x", "y", "index"))
-        op = dm.operator.to(pl_module.device)
-        cached = self._cached(trainer, index)
-        if cached is None:
-            with torch.inference_mode(False), torch.enable_grad():
-                cached, _ = self.reconstructor(pl_module, y.clone(), op, dm.noise.sigma_y, index.clone())
-        rows = [_display(x), _autoscale(op.adjoint(y)), _display(cached.detach().to(x.device))]
-        if self.log_samples and hasattr(pl_module, "sample"):
-            samples, _ = pl_module.sample(len(index), num_steps=self.sample_steps, shape=tuple(x.shape[1:]))
-            rows.append(_display(samples))
-        return make_grid(torch.cat(rows).cpu(), nrow=len(index), padding=1, pad_value=1.0)
+        device = pl_module.device
+        with torch.inference_mode(False), torch.no_grad():
+            batch = eval_items(dm, "val", self.n_images)
+            x, y, index = (batch[k].to(device) for k in ("x", "y", "index"))
+            op = dm.operator.to(device)
+            x_hat, _ = self.reconstructor(pl_module, y, op, dm.sigma_y, index)
+            rows = [to_display(x), autoscale(op.adjoint(y)), to_display(x_hat.detach())]
+            if self.log_samples and hasattr(pl_module, "sample"):
+                samples, _ = pl_module.sample(len(index), num_steps=self.sample_steps, shape=tuple(x.shape[1:]))
+                rows.append(to_display(samples))
+        grid = torch.cat([r.to(torch.float32).cpu() for r in rows])
+        if grid.shape[1] not in (1, 3):  # torchvision grids are grey or RGB: show channel 0
+            grid = grid[:, :1]
+        return make_grid(grid, nrow=len(index), padding=1, pad_value=1.0)
 
-    def _cached(self, trainer, index):
-        for cb in trainer.callbacks:
-            last = getattr(cb, "last", None)
-            if isinstance(last, dict) and last and all(int(i) in last for i in index):
-                return torch.stack([last[int(i)] for i in index])
-        return None
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch % self.every_n_epochs) or not trainer.is_global_zero:
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if (batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking or trainer.fast_dev_run
+                or trainer.current_epoch % self.every_n_epochs or not trainer.is_global_zero):
             return
-        grid = self.make_grid(trainer, pl_module)
+        self.log_grid(trainer, self.make_grid(trainer, pl_module))
+
+    def log_grid(self, trainer: pl.Trainer, grid: torch.Tensor) -> None:
         key, step = "val/images", trainer.global_step
         logged = False
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key=key, images=[grid], step=step, caption=["truth | Aᵀy | reconstruction | samples"])
+                logger.log_image(key=key, images=[grid], step=step, caption=[self.CAPTION])
                 logged = True
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(key, grid, global_step=step)

@@ -1,4 +1,4 @@
-"""``ReconstructionMetrics``: PSNR/SSIM of a configurable reconstruction on fixed validation data."""
+"""``ReconstructionMetrics``: PSNR/SSIM of a configurable reconstruction on fixed validation/test data."""
 from __future__ import annotations
 
 import lightning.pytorch as pl
@@ -9,38 +9,88 @@ from diffpost.image_quality import psnr, ssim
 from lightning_modules.reconstruct import Reconstructor, Tikhonov
 
 
-class ReconstructionMetrics(pl.Callback):
-    """At the end of each validation epoch, reconstruct the first ``n_images`` validation measurements.
+def eval_items(datamodule, split: str, n: int) -> dict[str, torch.Tensor]:
+    """The first ``n`` items of ``split`` (fewer if the split is smaller), stacked: ``x``, ``y``, ``index``.
 
-    The subset is sharded over ranks (``rank::world_size``: disjoint, nothing dropped) and the mean of
-    per-image PSNR/SSIM is synced with torchmetrics, so the logged value equals the single-process
-    one. Reconstructions run with gradients allowed (DPS-like samplers backprop through the prior).
+    Items come from the DataModule's own dataset, so their measurement noise is the seeded one every
+    run, rank and batch size sees.
+    """
+    if not hasattr(datamodule, "dataset") or not hasattr(datamodule, "operator"):
+        raise TypeError(f"reconstruction callbacks need an InverseProblemDataModule-like DataModule, got {type(datamodule).__name__}")
+    ds = datamodule.dataset(split)
+    ds.prepare()
+    items = [ds[k] for k in range(min(n, len(ds)))]
+    return {k: torch.stack([it[k] for it in items]) for k in ("x", "y", "index")} if items else {}
+
+
+class ReconstructionMetrics(pl.Callback):
+    """Reconstructs the first ``n_images`` validation (and test) measurements once per evaluation epoch
+    and logs ``{val,test}/<reconstructor.name>/{psnr,ssim}``: the mean of per-image values.
+
+    - ``reconstructor``: ``Tikhonov``/``PseudoInverse`` (classical, any module) or ``PosteriorSampling``
+      (calls ``module.sample_posterior``), so every posterior sampler plugs in without change.
+    - DDP: the images are split ``rank::world_size`` (disjoint, nothing dropped or repeated) and the
+      sums are synced by torchmetrics, so the logged value equals the single-process one.
+    - The work happens at the first evaluation batch, while the evaluated weights (e.g. the EMA
+      weights swapped in by ``EMAWeightAveraging``) are in place, whatever the callback order.
+    - Runs with autograd available (outside inference mode, under ``no_grad``): samplers that need
+      gradients (DPS-like guidance) enable them locally.
     """
 
     def __init__(self, reconstructor: Reconstructor | None = None, n_images: int = 16, every_n_epochs: int = 1):
+        if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+            raise ValueError(f"ReconstructionMetrics: n_images must be a positive integer, got {n_images!r}")
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"ReconstructionMetrics: every_n_epochs must be a positive integer, got {every_n_epochs!r}")
         self.reconstructor = reconstructor if reconstructor is not None else Tikhonov()
         self.n_images, self.every_n_epochs = n_images, every_n_epochs
         self.psnr, self.ssim = MeanMetric(), MeanMetric()
-        self.last: dict[int, torch.Tensor] = {}
+        self._pending: str | None = None
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch % self.every_n_epochs):
-            return
+    @property
+    def state_key(self) -> str:
+        # several instances (one per reconstructor) may sit side by side
+        return f"{type(self).__name__}[{self.reconstructor.name}]"
+
+    def _due(self, trainer: pl.Trainer, batch_idx: int, dataloader_idx: int, every_epoch: bool = False) -> bool:
+        return (batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking
+                and (every_epoch or trainer.current_epoch % self.every_n_epochs == 0))
+
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> None:
         dm = trainer.datamodule
-        batch = dm.val_subset(self.n_images)
-        shard = slice(trainer.global_rank, None, trainer.world_size)
-        x, y, index = (batch[k][shard].to(pl_module.device) for k in ("x", "y", "index"))
-        self.psnr, self.ssim = self.psnr.to(pl_module.device), self.ssim.to(pl_module.device)
-        self.last = {}
-        if len(index):
-            with torch.inference_mode(False):
-                x_hat, _ = self.reconstructor(pl_module, y.clone(), dm.operator.to(pl_module.device), dm.noise.sigma_y, index.clone())
-            x_hat = x_hat.detach()
-            self.psnr.update(psnr(x_hat, x))
-            self.ssim.update(ssim(x_hat, x))
-            self.last = {int(i): r for i, r in zip(index.cpu(), x_hat.cpu())}
+        device = pl_module.device
+        self.psnr, self.ssim = self.psnr.to(device), self.ssim.to(device)
+        with torch.inference_mode(False), torch.no_grad():
+            batch = eval_items(dm, split, self.n_images)
+            shard = slice(trainer.global_rank, None, trainer.world_size)
+            x, y, index = (batch[k][shard].to(device) for k in ("x", "y", "index")) if batch else (None, None, None)
+            if index is not None and len(index):
+                x_hat, _ = self.reconstructor(pl_module, y, dm.operator.to(device), dm.sigma_y, index)
+                self.psnr.update(psnr(x_hat.detach().to(x.dtype), x))
+                self.ssim.update(ssim(x_hat.detach().to(x.dtype), x))
+        self._pending = split
+
+    def _log(self, pl_module: pl.LightningModule, split: str) -> None:
+        if self._pending != split:
+            return
         name = self.reconstructor.name
-        pl_module.log(f"val/{name}/psnr", self.psnr.compute(), prog_bar=True)
-        pl_module.log(f"val/{name}/ssim", self.ssim.compute())
+        # compute() syncs the sums over ranks: every rank logs the global mean (no sync_dist needed)
+        pl_module.log(f"{split}/{name}/psnr", self.psnr.compute(), sync_dist=False)
+        pl_module.log(f"{split}/{name}/ssim", self.ssim.compute(), sync_dist=False)
         self.psnr.reset()
         self.ssim.reset()
+        self._pending = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._due(trainer, batch_idx, dataloader_idx):
+            self._measure(trainer, pl_module, "val")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(pl_module, "val")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._due(trainer, batch_idx, dataloader_idx, every_epoch=True):
+            self._measure(trainer, pl_module, "test")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(pl_module, "test")

@@ -1,0 +1,2 @@
+from lightning_modules.bridge import BridgeModule
+from lightning_modules.dds import DDSModule

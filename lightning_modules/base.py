@@ -1,13 +1,14 @@
 """Shared Lightning plumbing: optimiser/schedule, per-rank generators, spec-based checkpoints."""
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 
-from diffpost.config import Configurable, class_path, is_spec, spec_of
+from diffpost.config import Configurable, class_path, spec_of
 from diffpost.random import seed_for
 from lightning_modules.checkpoint import CHECKPOINT_FORMAT
 
@@ -17,43 +18,70 @@ class DiffpostModule(pl.LightningModule):
 
     - hyper-parameters hold only plain types and specs (``object_args`` are replaced by their specs),
       so checkpoints load with ``weights_only=True`` and rebuild without YAML;
-    - ``step_generator`` gives a generator seeded by (seed, rank, epoch, batch): ranks draw different
-      noise, reruns and resumed runs draw the same.
+    - ``step_generator`` gives a generator seeded by (seed, stream, rank, epoch, batch): ranks draw
+      different noise, reruns and resumed runs draw the same.
     """
 
     def _save_config(self, object_args: dict[str, Any]) -> None:
-        import inspect
-
+        """``save_hyperparameters`` of the calling ``__init__``, with each object in ``object_args``
+        (networks, operators) stored as its spec. Objects must be ``Configurable`` or have ``config()``:
+        a checkpoint has to rebuild them from plain types, importing only this project's classes."""
         frame = inspect.currentframe().f_back  # the subclass __init__, whose arguments we record
         self.save_hyperparameters(ignore=list(object_args), frame=frame)
         for name, obj in object_args.items():
             if obj is None:
                 self.hparams[name] = None
-            elif hasattr(obj, "config") or isinstance(obj, Configurable):
+            elif (hasattr(obj, "config") and callable(obj.config)) or isinstance(obj, Configurable):
                 self.hparams[name] = spec_of(obj)
-            elif not is_spec(self.hparams.get(name)):  # LightningCLI already gave its class_path spec
+            else:
                 raise TypeError(
                     f"{type(self).__name__}: cannot record how to rebuild `{name}` ({class_path(obj)}); "
                     "derive it from diffpost.config.Configurable or give it a config() method"
                 )
 
+    # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diffpost"] = {"module": class_path(self), "format": CHECKPOINT_FORMAT, **self.checkpoint_metadata()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning's own loading (resume, --ckpt_path) restores the same facts as load_module
+        self.on_load_diffpost_checkpoint(checkpoint)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         """Extra plain-typed facts stored with the checkpoint (e.g. the operator fingerprint)."""
         return {}
 
+    def on_load_diffpost_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore what ``checkpoint_metadata`` stored (called by ``load_module`` and on resume)."""
+
+    # ------------------------------------------------------------------ randomness
     def step_generator(self, batch_idx: int, stream: int = 0) -> torch.Generator:
+        """A generator for one training step. ``seed_everything`` alone would give every rank the same
+        stream; the rank in the key makes them differ, and (epoch, batch) make a resumed run redraw
+        exactly what the uninterrupted run drew."""
         g = torch.Generator(device=self.device)
         g.manual_seed(seed_for(self.hparams.seed, stream, self.global_rank, self.current_epoch, batch_idx))
         return g
 
+    # ------------------------------------------------------------------ optimisation
     def build_optimizer(self, lr: float, weight_decay: float, warmup_steps: int, lr_schedule: Literal["constant", "cosine"]):
+        """AdamW with a linear warm-up over ``warmup_steps`` and then a constant or cosine-decaying rate
+        (cosine reaches 0 at the trainer's last step). Stepped every optimiser step."""
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a positive number, got {lr}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
         total = None
         if lr_schedule == "cosine":
-            total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+            estimated = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
+            if not math.isfinite(estimated):
+                raise ValueError("lr_schedule='cosine' needs a finite run: set trainer.max_steps or trainer.max_epochs")
+            total = max(1, int(estimated))
 
         def factor(step: int) -> float:
             f = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0

@@ -22,21 +22,27 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, corrupt, untrusted or for another task."""
 
 
-def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with errors that say what is wrong with the file."""
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, mmap: bool = False) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with errors that say what is wrong with the file.
+
+    ``mmap=True`` unpickles the structure but maps tensor data lazily: a cheap check that a large
+    checkpoint is readable and holds only tensors and plain types, before a run starts.
+    """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
     if not p.is_file():
         raise CheckpointError(f"checkpoint path is not a file: {p}")
     try:
-        obj = torch.load(p, map_location=map_location, weights_only=True)
+        obj = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
         raise CheckpointError(
             f"refusing to load {p}: it contains pickled Python objects that are not plain tensors or types "
-            f"(only weights_only checkpoints are accepted). Detail: {str(e).splitlines()[0]}"
+            f"(only weights_only checkpoints are accepted). Detail: {detail}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"cannot read checkpoint {p}: the file is corrupt or not a PyTorch checkpoint ({e})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p} does not hold a checkpoint dictionary (got {type(obj).__name__})")
@@ -73,5 +79,6 @@ def load_module(path: str | os.PathLike, expected: type | None = None, map_locat
         module.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: saved configuration and weights do not fit {cls.__name__}: {e}") from None
-    module.on_load_diffpost_checkpoint(ckpt) if hasattr(module, "on_load_diffpost_checkpoint") else None
+    if hasattr(module, "on_load_diffpost_checkpoint"):
+        module.on_load_diffpost_checkpoint(ckpt)
     return module.to(map_location).eval()

@@ -17,3 +17,17 @@ __all__ = [
 from diffpost.ucos.model import UCoSDenoiser  # noqa: E402
 
 __all__ += ["UCoSDenoiser"]
+from diffpost.ucos.function_space import (  # noqa: E402
+    DenseNoisePreconditioner,
+    FourierNoisePreconditioner,
+    FunctionSpaceGaussianDenoiser,
+    continuum_blur,
+    covariance_noise,
+    function_space_preconditioner,
+    pixel_sigma_y,
+)
+
+__all__ += [
+    "FunctionSpaceGaussianDenoiser", "FourierNoisePreconditioner", "DenseNoisePreconditioner",
+    "function_space_preconditioner", "covariance_noise", "pixel_sigma_y", "continuum_blur",
+]

@@ -15,6 +15,7 @@ import torch
 
 from diffpost.operators.base import LinearOperator
 from diffpost.random import GeneratorLike, randn
+from diffpost.schedules import NoiseCovariance
 
 
 def _col(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -22,11 +23,17 @@ def _col(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     return s.reshape((-1,) + (1,) * (like.dim() - 1)) if s.dim() else s
 
 
-def information_offset(y: torch.Tensor, operator: LinearOperator, sigma_y: float) -> torch.Tensor:
-    """``b = Aᵀ y / σ_y²``: the ONLY use of the operator when sampling a UCoS posterior."""
+def information_offset(y: torch.Tensor, operator: LinearOperator, sigma_y: float,
+                       noise_cov: NoiseCovariance | None = None) -> torch.Tensor:
+    """``b = Aᵀ y / σ_y²``: the ONLY use of the operator when sampling a UCoS posterior.
+
+    With a trace-class diffusion-noise covariance ``C`` (METHODS §3.4) it returns ``C b`` instead, the
+    offset of the bounded input ``C m = x/σ² + C b`` (see ``diffpost.ucos.function_space``).
+    """
     if not torch.isfinite(y).all():
         raise ValueError("measurement contains NaN or Inf values")
-    return operator.adjoint(y) / sigma_y**2
+    b = operator.adjoint(y) / sigma_y**2
+    return b if noise_cov is None else noise_cov.apply(b)
 
 
 def information_vector(x: torch.Tensor, sigma: torch.Tensor | float, b: torch.Tensor) -> torch.Tensor:
@@ -35,13 +42,19 @@ def information_vector(x: torch.Tensor, sigma: torch.Tensor | float, b: torch.Te
 
 
 def auxiliary_sample(x0: torch.Tensor, sigma: torch.Tensor, operator: LinearOperator, sigma_y: float,
-                     generator: GeneratorLike = None) -> torch.Tensor:
-    """``Ỹ_σ = P_σ x0 + ξ``, ``ξ = ε1/σ + Aᵀ ε2/σ_y`` (``Γ = σ_y² I``: σ_y is a standard deviation)."""
+                     generator: GeneratorLike = None, noise_cov: NoiseCovariance | None = None) -> torch.Tensor:
+    """``Ỹ_σ = P_σ x0 + ξ``, ``ξ = ε1/σ + Aᵀ ε2/σ_y`` (``Γ = σ_y² I``: σ_y is a standard deviation).
+
+    With ``noise_cov = C``: ``C Ỹ_σ = (σ⁻² I + C AᵀA/σ_y²) x0 + σ⁻¹ C^½ ε1 + C Aᵀ ε2/σ_y``, the law of
+    ``C m_σ(x_σ, y)`` for ``x_σ = x0 + σ C^½ n`` (same random draws, in the same order).
+    """
     eps1 = randn(x0.shape, generator, dtype=x0.dtype, device=x0.device)
     y_clean = operator.forward(x0)
     eps2 = randn(y_clean.shape, generator, dtype=x0.dtype, device=x0.device)
     s = _col(sigma, x0)
-    return (x0 + s * eps1) / s**2 + operator.adjoint(y_clean + sigma_y * eps2) / sigma_y**2
+    if noise_cov is None:
+        return (x0 + s * eps1) / s**2 + operator.adjoint(y_clean + sigma_y * eps2) / sigma_y**2
+    return (x0 + s * noise_cov.sqrt_apply(eps1)) / s**2 + noise_cov.apply(operator.adjoint(y_clean + sigma_y * eps2)) / sigma_y**2
 
 
 def posterior_denoiser(aux_denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], b: torch.Tensor) -> Callable:

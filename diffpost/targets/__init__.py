@@ -1,0 +1,22 @@
+"""Unnormalised densities with known answers for samplers of posteriors known up to a constant
+(METHODS §6): linear-Gaussian and GMM posteriors, 2-D mixtures, Neal's funnel, Bayesian logistic
+regression and a Gaussian-random-field image posterior."""
+from diffpost.targets.base import EvalCounter, Target
+from diffpost.targets.gaussian import GaussianMixture, GMMPosterior, LinearGaussianPosterior, mixture_of
+from diffpost.targets.image import ImagePosterior
+from diffpost.targets.logistic import BayesianLogisticRegression
+from diffpost.targets.toy import FortyMode2D, FourMode2D, Funnel
+
+__all__ = [
+    "Target",
+    "EvalCounter",
+    "GaussianMixture",
+    "GMMPosterior",
+    "LinearGaussianPosterior",
+    "ImagePosterior",
+    "mixture_of",
+    "BayesianLogisticRegression",
+    "FourMode2D",
+    "FortyMode2D",
+    "Funnel",
+]

@@ -1,0 +1,336 @@
+"""scripts/sample.py: checkpoint inference end to end (subprocesses), bad inputs, sharding.
+
+Tiny checkpoints (a UNet with 8 base channels on 16² ellipses, CT with 8 angles, 3 training steps)
+are built once per session; the network is untrained, so the tests check plumbing, bookkeeping and
+invariances (batch size, device count), never reconstruction quality. Most bad-input cases call the
+script's ``main`` in-process (a subprocess costs a Lightning import, ~10 s on 2 cores); one of them
+runs as a real subprocess to check the exit status and stderr.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from datamodules import Ellipses, InverseProblemDataModule
+from diffpost.nets.unet import UNet
+from diffpost.operators.ct import CT
+from lightning_modules.checkpoint import load_module, safe_load
+from lightning_modules.inference import ShardSampler
+from lightning_modules.prior import ScorePriorModule
+from lightning_modules.ucos import UCoSModule
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "sample.py"
+sys.path.insert(0, str(REPO / "scripts"))
+import sample  # noqa: E402  (the script module: main(argv) in-process)
+
+N_MEAS, N_SAMPLES, STEPS, SIGMA_Y = 5, 3, 3, 0.05
+
+
+def _tiny_net() -> UNet:
+    return UNet(1, 1, base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_levels=[])
+
+
+def _datamodule(operator: CT, sigma_y: float = SIGMA_Y) -> InverseProblemDataModule:
+    return InverseProblemDataModule(Ellipses(size=16, length=40), operator, sigma_y=sigma_y, batch_size=4, n_val=2, n_test=8)
+
+
+def _fit_and_save(module, dm, path: Path) -> Path:
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, dm)
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def art(tmp_path_factory) -> dict[str, Path]:
+    """Checkpoints, measurement exports (the trained task and two other tasks) and a data config."""
+    d = tmp_path_factory.mktemp("sample_script")
+    op = CT((1, 16, 16), n_angles=8)
+    with torch.random.fork_rng():  # network init and Lightning seed the global RNG: keep it out of other tests
+        torch.manual_seed(0)
+        dm = _datamodule(op)
+        paths = {"ucos": _fit_and_save(UCoSModule(_tiny_net(), op, SIGMA_Y, num_steps=STEPS), dm, d / "ucos.ckpt"),
+                 "prior": _fit_and_save(ScorePriorModule(_tiny_net(), num_steps=STEPS), dm, d / "prior.ckpt")}
+    paths["meas"] = Path(dm.export_measurements(str(d / "meas.pt"), n=N_MEAS))
+    paths["meas_other_op"] = Path(_datamodule(CT((1, 16, 16), n_angles=6)).export_measurements(str(d / "other_op.pt"), n=2))
+    paths["meas_other_sigma"] = Path(_datamodule(op, 0.1).export_measurements(str(d / "other_sigma.pt"), n=2))
+    config = {"data": {"class_path": "datamodules.InverseProblemDataModule", "init_args": {
+        "images": {"class_path": "datamodules.Ellipses", "init_args": {"size": 16, "length": 40}},
+        "operator": {"class_path": "diffpost.operators.ct.CT", "init_args": {"shape": [1, 16, 16], "n_angles": 8}},
+        "sigma_y": SIGMA_Y, "n_val": 2, "n_test": 8}}}
+    paths["config"] = d / "data.yaml"
+    paths["config"].write_text(yaml.safe_dump(config))
+    paths["dir"] = d
+    return paths
+
+
+def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=str(REPO))
+
+
+def _ucos_args(art, out: Path, *extra) -> list[str]:
+    return ["--checkpoint", art["ucos"], "--measurements", art["meas"], "--steps", STEPS, "--n-samples", N_SAMPLES,
+            "--accelerator", "cpu", "--output", out, *extra]
+
+
+def _load(folder: Path, name: str) -> torch.Tensor:
+    return torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True)
+
+
+def _no_leftovers(parent: Path, name: str) -> None:
+    stray = [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+    assert not stray, f"temporary folders left behind: {stray}"
+
+
+@pytest.fixture(scope="module")
+def ucos_runs(art) -> dict[str, Path]:
+    """The same UCoS job with batch size 1 (with figures) and 3 (without)."""
+    outs = {}
+    for bs, extra in ((1, []), (3, ["--no-figures"])):
+        out = art["dir"] / f"ucos_bs{bs}"
+        r = run_script(*_ucos_args(art, out, "--batch-size", bs, *extra))
+        assert r.returncode == 0, r.stderr
+        outs[bs] = out
+    return outs
+
+
+# ----------------------------------------------------------------------------------- successful runs
+def test_outputs_complete_and_loadable(art, ucos_runs):
+    out = ucos_runs[1]
+    export = torch.load(art["meas"], weights_only=True)
+    samples, mean, std, index = (_load(out, k) for k in ("samples", "mean", "std", "index"))
+    assert samples.shape == (N_MEAS, N_SAMPLES, 1, 16, 16) and samples.dtype == torch.float32
+    assert torch.isfinite(samples).all()
+    torch.testing.assert_close(mean, samples.mean(1))
+    torch.testing.assert_close(std, samples.std(1))
+    assert torch.equal(index, export["index"])
+    # distinct chains: per-(index, sample) seeds really differ
+    assert (samples[:, 0] - samples[:, 1]).abs().amax() > 1e-3 and (samples[0] - samples[1]).abs().amax() > 1e-3
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert figures == sorted(f"measurement_{i}.png" for i in export["index"].tolist())
+    assert all((out / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "index.pt", "mean.pt", "metrics.json", "samples.pt", "std.pt"]
+    _no_leftovers(out.parent, out.name)
+
+
+def test_metrics_json(art, ucos_runs):
+    out = ucos_runs[1]
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"n_measurements", "n_samples", "aggregate", "per_measurement", "cost", "settings", "task"} <= set(m)
+    assert m["n_measurements"] == N_MEAS and m["n_samples"] == N_SAMPLES
+    export = torch.load(art["meas"], weights_only=True)
+    x = export["x"].double().numpy()
+    samples = _load(out, "samples").double().numpy()
+    per = m["per_measurement"]
+    assert [row["index"] for row in per] == export["index"].tolist()
+    for i, row in enumerate(per):
+        assert {"psnr", "ssim", "bias_squared", "summed_variance", "coverage_90", "nfe", "operator_calls"} <= set(row)
+        # independent recomputation (numpy, from the definitions in METHODS §7)
+        unit = lambda a: np.clip((a + 1) / 2, 0, 1)  # noqa: E731
+        mse = np.mean((unit(samples[i].mean(0)) - unit(x[i])) ** 2)
+        assert row["psnr"] == pytest.approx(10 * np.log10(1 / mse), rel=1e-6)
+        assert row["bias_squared"] == pytest.approx(np.sum((samples[i].mean(0) - x[i]) ** 2), rel=1e-6)
+        assert row["summed_variance"] == pytest.approx(np.sum(samples[i].var(0, ddof=1)), rel=1e-6)
+        lo, hi = np.quantile(samples[i], [0.05, 0.95], axis=0)
+        assert row["coverage_90"] == pytest.approx(np.mean((x[i] >= lo) & (x[i] <= hi)), abs=1e-6)
+        assert -1 <= row["ssim"] <= 1
+        # UCoS: Aᵀ once per measurement, never A; Heun: 2 network calls per step but the last
+        assert row["operator_calls"] == {"forward": 0, "adjoint": 1}
+        assert row["nfe"] == 2 * STEPS - 1
+    agg = m["aggregate"]
+    for k in ("psnr", "ssim", "bias_squared", "summed_variance", "coverage_90", "nfe"):
+        vals = np.array([row[k] for row in per])
+        assert agg[k]["mean"] == pytest.approx(vals.mean()) and agg[k]["std"] == pytest.approx(vals.std(ddof=1), abs=1e-12)
+    cost = m["cost"]
+    assert cost["operator_calls"] == {"forward": 0, "adjoint": N_MEAS}
+    assert cost["peak_memory_bytes"] > 0 and cost["peak_memory_kind"] == "max_rss"
+    assert 0 < cost["wall_time_per_posterior_sample_s"] * N_MEAS * N_SAMPLES <= cost["wall_time_s"]
+    s = m["settings"]
+    assert (s["method"], s["sampler"], s["steps"], s["n_samples"], s["batch_size"], s["devices"]) == ("ucos", "heun", STEPS, N_SAMPLES, 1, 1)
+    ckpt_fp = safe_load(art["ucos"])["diffpost"]["operator_fingerprint"]
+    assert m["task"]["checkpoint_operator_fingerprint"] == ckpt_fp == m["task"]["operator_fingerprint"]
+    assert m["task"]["sigma_y"] == SIGMA_Y
+
+
+def test_batch_size_does_not_change_samples(ucos_runs):
+    a, b = _load(ucos_runs[1], "samples"), _load(ucos_runs[3], "samples")
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(_load(ucos_runs[1], "index"), _load(ucos_runs[3], "index"))
+
+
+@pytest.mark.slow
+def test_two_devices_shard_without_loss_or_duplicates(art, ucos_runs):
+    out = art["dir"] / "ucos_ddp"
+    r = run_script(*_ucos_args(art, out, "--devices", 2, "--batch-size", 2, "--no-figures"))
+    assert r.returncode == 0, r.stderr
+    index = _load(out, "index")
+    assert sorted(index.tolist()) == sorted(set(index.tolist())) and len(index) == N_MEAS  # all 5, once each
+    torch.testing.assert_close(_load(out, "samples"), _load(ucos_runs[1], "samples"), rtol=1e-5, atol=1e-5)
+    assert torch.equal(index, _load(ucos_runs[1], "index"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["settings"]["devices"] == 2 and len(m["cost"]["peak_memory_bytes_per_rank"]) == 2
+    _no_leftovers(out.parent, out.name)
+
+
+def test_dps_with_task_config(art):
+    out = art["dir"] / "dps"
+    r = run_script("--checkpoint", art["prior"], "--task", art["config"], "--measurements", art["meas"], "--n", 2,
+                   "--steps", STEPS, "--n-samples", 2, "--zeta", 0.5, "--accelerator", "cpu", "--no-figures", "--output", out)
+    assert r.returncode == 0, r.stderr
+    assert _load(out, "samples").shape == (2, 2, 1, 16, 16)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["settings"]["method"] == "dps" and m["settings"]["zeta"] == 0.5
+    # DPS: one A (and one Aᵀ in the backward pass) per chain and step
+    assert m["cost"]["operator_calls"] == {"forward": 2 * 2 * STEPS, "adjoint": 2 * 2 * STEPS}
+    assert m["task"]["checkpoint_operator_fingerprint"] is None
+
+
+def test_raw_npy_with_inline_operator_and_progress(art, capsys):
+    """In-process: a raw tensor with --operator/--sigma-y; samples equal a direct ``sample_posterior`` call
+    with the same settings (the script passes seed, steps and sampler through unchanged)."""
+    y = torch.load(art["meas"], weights_only=True)["y"][:2]
+    raw = art["dir"] / "raw.npy"
+    np.save(raw, y.numpy())
+    spec = json.dumps({"class_path": "diffpost.operators.ct.CT", "init_args": {"shape": [1, 16, 16], "n_angles": 8}})
+    out = art["dir"] / "raw_out"
+    assert sample.main(["--checkpoint", str(art["ucos"]), "--measurements", str(raw), "--operator", spec,
+                        "--sigma-y", str(SIGMA_Y), "--steps", "2", "--n-samples", "2", "--sampler", "euler_maruyama",
+                        "--seed", "7", "--batch-size", "1", "--accelerator", "cpu", "--no-figures", "--progress",
+                        "--output", str(out)]) == 0
+    assert "4/4" in capsys.readouterr().err  # 2 batches × 2 sampler steps on the progress bar
+    assert torch.equal(_load(out, "index"), torch.arange(2))  # raw tensors carry no indices: positions
+    with torch.no_grad():
+        direct = load_module(art["ucos"]).sample_posterior(y, index=torch.arange(2), n_samples=2, num_steps=2,
+                                                           sampler="euler_maruyama", seed=7)["samples"]
+    torch.testing.assert_close(_load(out, "samples"), direct, rtol=1e-5, atol=1e-5)
+    m = json.loads((out / "metrics.json").read_text())
+    assert "psnr" not in m["aggregate"] and "summed_variance" in m["aggregate"]  # no truth; 2 samples
+    assert m["settings"]["source"]["kind"] == "raw" and m["settings"]["sampler"] == "euler_maruyama"
+
+
+def test_data_config_source_and_overwrite(art):
+    out = art["dir"] / "from_data"
+    common = ["--checkpoint", str(art["ucos"]), "--data", str(art["config"]), "--steps", "2", "--n-samples", "2",
+              "--accelerator", "cpu", "--no-figures", "--output", str(out)]
+    assert sample.main([*common, "--n", "3"]) == 0
+    export = torch.load(art["meas"], weights_only=True)
+    assert torch.equal(_load(out, "index"), export["index"][:3])  # the same test items as the export
+    assert sample.main([*common, "--n", "2", "--overwrite"]) == 0
+    assert _load(out, "samples").shape[0] == 2
+    _no_leftovers(out.parent, out.name)
+
+
+# ----------------------------------------------------------------------------------- bad input
+def _corrupt(art) -> Path:
+    p = art["dir"] / "corrupt.pt"
+    p.write_bytes(art["meas"].read_bytes()[:200])
+    return p
+
+
+def _nan_export(art) -> Path:
+    p = art["dir"] / "nan.pt"
+    d = torch.load(art["meas"], weights_only=True)
+    d["y"][1, 0, 2, 3] = float("nan")
+    torch.save(d, p)
+    return p
+
+
+def _inf_npy(art) -> Path:
+    p = art["dir"] / "inf.npy"
+    y = torch.load(art["meas"], weights_only=True)["y"].numpy().copy()
+    y[0, 0, 0, 0] = np.inf
+    np.save(p, y)
+    return p
+
+
+def _wrong_shape_npy(art) -> Path:
+    p = art["dir"] / "wrong_shape.npy"
+    np.save(p, np.zeros((2, 1, 8, 22), dtype=np.float32))
+    return p
+
+
+RAW_TASK = ["--operator", '{"class_path": "diffpost.operators.ct.CT", "init_args": {"shape": [1, 16, 16], "n_angles": 8}}',
+            "--sigma-y", str(SIGMA_Y)]
+BAD_CASES = {
+    # name: (measurement file maker, extra args, words the message must contain)
+    "other operator": (lambda a: a["meas_other_op"], [], ["trained for", "CT"]),
+    "other sigma_y": (lambda a: a["meas_other_sigma"], [], ["sigma_y = 0.05", "sigma_y = 0.1"]),
+    "wrong shape": (_wrong_shape_npy, RAW_TASK, ["shape", "(2, 1, 8, 22)"]),
+    "NaN in export": (_nan_export, [], ["non-finite"]),
+    "Inf in raw": (_inf_npy, RAW_TASK, ["non-finite"]),
+    "corrupt file": (_corrupt, [], ["corrupt"]),
+    "missing file": (lambda a: a["dir"] / "nope.pt", [], ["not found", "nope.pt"]),
+    "raw without task": (_wrong_shape_npy, [], ["--operator", "--sigma-y"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_exits_2_and_writes_nothing(art, case, capsys, tmp_path):
+    make, extra, words = BAD_CASES[case]
+    out = tmp_path / "out"
+    code = sample.main(["--checkpoint", str(art["ucos"]), "--measurements", str(make(art)), "--steps", "1",
+                        "--accelerator", "cpu", "--output", str(out), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err and err[-1].startswith("sample.py: error: "), err
+    assert all(w in err[-1] for w in words), err[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output folder, no temporary sibling
+
+
+def test_bad_checkpoint_and_method(art, capsys, tmp_path):
+    out = tmp_path / "out"
+    bad_ckpt = tmp_path / "bad.ckpt"
+    bad_ckpt.write_bytes(art["ucos"].read_bytes()[:1000])
+    cases = [(["--checkpoint", str(tmp_path / "missing.ckpt")], "not found"),
+             (["--checkpoint", str(bad_ckpt)], "corrupt"),
+             (["--checkpoint", str(art["ucos"]), "--method", "dps"], "ScorePriorModule"),
+             (["--checkpoint", str(art["prior"]), "--method", "ucos"], "UCoSModule")]
+    for args, word in cases:
+        code = sample.main([*args, "--measurements", str(art["meas"]), "--output", str(out), "--steps", "1"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and word in err[-1], (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ckpt"]
+
+
+def test_existing_results_are_kept_without_overwrite(art, capsys, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "samples.pt").write_bytes(b"earlier results")
+    code = sample.main(["--checkpoint", str(art["ucos"]), "--measurements", str(art["meas"]), "--output", str(out)])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (out / "samples.pt").read_bytes() == b"earlier results"
+
+
+def test_bad_input_subprocess_exit_status(art, tmp_path):
+    """The real process: exit status 2, one line on stderr, nothing written."""
+    out = tmp_path / "out"
+    r = run_script("--checkpoint", art["ucos"], "--measurements", art["meas_other_op"], "--output", out)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sample.py: error: this UCoS model was trained for"), r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------- sharding
+@pytest.mark.parametrize("n", [0, 1, 5, 7])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_shard_sampler_covers_every_position_once(n, world):
+    shards = [list(ShardSampler(n, r, world)) for r in range(world)]
+    assert sorted(i for s in shards for i in s) == list(range(n))
+    assert [len(ShardSampler(n, r, world)) for r in range(world)] == [len(s) for s in shards]
+    with pytest.raises(ValueError):
+        ShardSampler(n, world, world)

@@ -1,0 +1,393 @@
+"""σ-space samplers against closed forms: exact Gaussian and Gaussian-mixture denoisers (float64).
+
+The reference denoisers are written here from the formulas of METHODS §1 (literal solves, one per
+distinct σ) so that these tests depend on no other module than the samplers and diffpost.random.
+
+Grids are EDM's ρ-spaced ones with a trailing 0. Step counts were chosen so that the deterministic
+error (discretisation + start from N(0, σ_max²)) of the covariance is well below the 5 % tolerance,
+computed by an exact per-eigenvalue variance recursion for this Σ: heun 64 steps on [0.002, 80],
+ρ = 7: 0.6 %; edm_stochastic (churn 10, 96 steps, same grid): 0.8 %; euler_maruyama (first order)
+256 steps on [0.01, 10], ρ = 3: 2.1 % (on EDM's default [0.002, 80], ρ = 7 it needs 512 steps for
+2 %; 128 steps there give 8 %). The Monte Carlo error of a covariance estimate at N = 2·10⁴ is
+≈ 2 % for this Σ.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffpost.random import make_generator, per_sample_generators, randn_like
+from diffpost.samplers import CountingDenoiser, edm_stochastic, euler, euler_maruyama, heun, initial_noise
+
+pytestmark = pytest.mark.usefixtures("no_global_rng")
+
+DT = torch.float64
+D_DIM = 16
+N = 20_000
+SIGMA_MAX = 80.0
+
+
+def karras_grid(n: int, sigma_min: float = 0.002, sigma_max: float = SIGMA_MAX, rho: float = 7.0) -> torch.Tensor:
+    """n steps: n positive levels (EDM's ρ-spacing) and a trailing 0."""
+    i = torch.arange(n, dtype=DT)
+    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    s = (a + i / max(n - 1, 1) * (b - a)) ** rho
+    return torch.cat([s, torch.zeros(1, dtype=DT)])
+
+
+# ------------------------------------------------------------------------------ exact references
+def _by_sigma(x: torch.Tensor, sigma: torch.Tensor, fn) -> torch.Tensor:
+    """Apply ``fn(x_rows, s)`` per distinct σ value (samplers pass one σ per call; others may not)."""
+    if bool((sigma == sigma[0]).all()):
+        return fn(x, float(sigma[0]))
+    out = torch.empty_like(x)
+    for s in torch.unique(sigma):
+        idx = sigma == s
+        out[idx] = fn(x[idx], float(s))
+    return out
+
+
+class GaussianDenoiser:
+    """``D(x, σ) = μ + Σ(Σ + σ²C)⁻¹(x − μ)`` for ``x = x0 + σ C^½ n``, ``x0 ~ N(μ, Σ)``."""
+
+    def __init__(self, mu: torch.Tensor, cov: torch.Tensor, noise_cov: torch.Tensor | None = None):
+        self.mu, self.cov = mu, cov
+        self.noise_cov = torch.eye(len(mu), dtype=DT) if noise_cov is None else noise_cov
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(x.shape[0], -1)
+
+        def f(rows, s):
+            # Σ(Σ + σ²C)⁻¹ applied to rows: (x − μ) [(Σ + σ²C)⁻¹ Σ]  (both factors symmetric)
+            return self.mu + (rows - self.mu) @ torch.linalg.solve(self.cov + s * s * self.noise_cov, self.cov)
+
+        return _by_sigma(flat, sigma, f).reshape(x.shape)
+
+
+class GMMDenoiser:
+    """Mixture ``Σ_k w_k N(μ_k, Σ_k)``: ``p_σ`` is the mixture with covariances ``Σ_k + σ²I``;
+    ``D = Σ_k r_k(x) [μ_k + Σ_k(Σ_k + σ²I)⁻¹(x − μ_k)]`` with responsibilities ``r_k``. Computed in each
+    component's eigenbasis ``Σ_k = Q diag(λ) Qᵀ`` (exact, and two matmuls per component)."""
+
+    def __init__(self, weights: torch.Tensor, mus: torch.Tensor, covs: torch.Tensor):
+        self.weights, self.mus, self.covs = weights, mus, covs
+        self.eig = [torch.linalg.eigh(c) for c in covs]
+
+    def _parts(self, x: torch.Tensor, s: float):
+        logp, means = [], []
+        for w, m, (lam, Q) in zip(self.weights, self.mus, self.eig):
+            z = (x - m) @ Q
+            v = lam + s * s
+            logp.append(math.log(w) - 0.5 * (z * z / v).sum(1) - 0.5 * torch.log(v).sum())
+            means.append(m + (z * (lam / v)) @ Q.T)
+        return torch.softmax(torch.stack(logp, 1), 1), means
+
+    def responsibilities(self, x: torch.Tensor, s: float) -> torch.Tensor:
+        return self._parts(x, s)[0]
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        def f(rows, s):
+            r, means = self._parts(rows, s)
+            return sum(r[:, k : k + 1] * means[k] for k in range(len(means)))
+
+        return _by_sigma(x, sigma, f)
+
+
+def _random_cov(d: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=DT))
+    lam = torch.logspace(math.log10(lo), math.log10(hi), d, dtype=DT)
+    return Q @ torch.diag(lam) @ Q.T
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    g = make_generator(0)
+    cov = _random_cov(D_DIM, 0.02, 1.0, g)
+    mu = 0.3 * torch.randn(D_DIM, generator=g, dtype=DT)
+    return mu, cov
+
+
+@pytest.fixture(scope="module")
+def gmm():
+    g = make_generator(1)
+    u = torch.randn(D_DIM, generator=g, dtype=DT)
+    u = u / u.norm()
+    mus = torch.stack([-1.5 * u, 1.5 * u]) + 0.1 * torch.randn(2, D_DIM, generator=g, dtype=DT)
+    covs = torch.stack([_random_cov(D_DIM, 0.01, 0.1, g), _random_cov(D_DIM, 0.02, 0.2, g)])
+    return GMMDenoiser(torch.tensor([0.3, 0.7], dtype=DT), mus, covs)
+
+
+def _check_moments(samples, mu, cov, *, tol_cov=0.05, n_se=5.0):
+    n = samples.shape[0]
+    se = torch.sqrt(torch.diagonal(cov) / n)
+    z = ((samples.mean(0) - mu) / se).abs().max().item()
+    rel = (torch.linalg.norm(torch.cov(samples.T) - cov) / torch.linalg.norm(cov)).item()
+    assert z < n_se, f"mean off by {z:.2f} standard errors"
+    assert rel < tol_cov, f"covariance relative Frobenius error {rel:.4f}"
+    return z, rel
+
+
+# name -> (grid, run(denoiser, x, sigmas, generator)); see the module docstring for the error budget
+SAMPLERS = {
+    "heun": (karras_grid(64), lambda D, x, s, g: heun(D, x, s)),
+    "euler_maruyama": (
+        karras_grid(256, sigma_min=0.01, sigma_max=10.0, rho=3.0),
+        lambda D, x, s, g: euler_maruyama(D, x, s, generator=g),
+    ),
+    "edm_stochastic": (
+        karras_grid(96),
+        lambda D, x, s, g: edm_stochastic(D, x, s, generator=g, churn=10.0, s_tmin=0.01, s_tmax=50.0),
+    ),
+}
+
+GMM_GRIDS = {
+    "heun": karras_grid(32),
+    "euler_maruyama": karras_grid(128, sigma_min=0.01, sigma_max=10.0, rho=3.0),
+    "edm_stochastic": karras_grid(48),
+}
+
+
+# ------------------------------------------------------------------------------ exactness
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_gaussian_moments(name, gaussian):
+    mu, cov = gaussian
+    grid, run = SAMPLERS[name]
+    g = make_generator(10)
+    x = initial_noise((N, D_DIM), float(grid[0]), g, dtype=DT)
+    out = run(GaussianDenoiser(mu, cov), x, grid, g)
+    _check_moments(out, mu, cov)
+
+
+def test_moment_check_rejects_a_wrong_prior(gaussian):
+    """The tolerances have power: a denoiser for Σ·1.15 (everything else equal) must fail them."""
+    mu, cov = gaussian
+    g = make_generator(10)
+    x = initial_noise((N, D_DIM), SIGMA_MAX, g, dtype=DT)
+    out = heun(GaussianDenoiser(mu, 1.15 * cov), x, karras_grid(64))
+    with pytest.raises(AssertionError, match="covariance"):
+        _check_moments(out, mu, cov)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_gmm_mode_masses(name, gmm):
+    # mode masses need fewer steps than 5 % covariance accuracy (measured: heun 16 steps, EM 64,
+    # edm 24 all within 0.007 of the truth); half the moment-test grids keep the test quick
+    run = SAMPLERS[name][1]
+    grid = GMM_GRIDS[name]
+    g = make_generator(20)
+    x = initial_noise((N, D_DIM), float(grid[0]), g, dtype=DT)
+    out = run(gmm, x, grid, g)
+    labels = gmm.responsibilities(out, 0.0).argmax(1)
+    masses = torch.bincount(labels, minlength=2).to(DT) / N
+    assert torch.allclose(masses, gmm.weights, atol=0.02), f"mode masses {masses.tolist()}"
+
+
+def test_gmm_labels_are_reliable(gmm):
+    """The modes are well separated: the σ = 0 responsibility recovers the component of exact draws,
+    so mode masses of sampler output measure the sampler, not the labelling."""
+    g = make_generator(21)
+    comp = (torch.rand(N, generator=g, dtype=DT) < gmm.weights[1]).long()
+    chol = torch.linalg.cholesky(gmm.covs)
+    z = torch.randn(N, D_DIM, 1, generator=g, dtype=DT)
+    exact = gmm.mus[comp] + (chol[comp] @ z).squeeze(-1)
+    assert (gmm.responsibilities(exact, 0.0).argmax(1) == comp).to(DT).mean() > 0.999
+
+
+def test_colored_noise_function_space(gaussian):
+    """With ``x_σ = x0 + σ C^½ n`` (METHODS §3.4) the matching denoiser, ``initial_noise`` and the
+    stochastic samplers' ``noise`` all use ``C``; the chain must still sample N(μ, Σ)."""
+    mu, cov = gaussian
+    gc = make_generator(3)
+    noise_cov = _random_cov(D_DIM, 0.05, 2.0, gc)
+    L = torch.linalg.cholesky(noise_cov)
+
+    def colored(x_like, generator):
+        return randn_like(x_like, generator) @ L.T
+
+    g = make_generator(30)
+    x = initial_noise((N, D_DIM), SIGMA_MAX, g, noise=colored, dtype=DT)
+    assert torch.allclose(torch.cov(x.T) / SIGMA_MAX**2, noise_cov, atol=0.1)
+    den = GaussianDenoiser(mu, cov, noise_cov)
+    out = edm_stochastic(den, x, karras_grid(96), generator=g, churn=10.0, s_tmin=0.01, s_tmax=50.0, noise=colored)
+    _check_moments(out, mu, cov)
+
+
+@pytest.mark.parametrize("solver,order", [(heun, 2), (euler, 1)])
+def test_ode_convergence_order(solver, order):
+    """No sampling noise: 1-D Gaussian N(0, λ) has the exact flow x(σ') = x √((λ + σ'²)/(λ + σ²)).
+    Halving the step must cut the error by 2^order."""
+    lam = 0.3
+    den = GaussianDenoiser(torch.zeros(1, dtype=DT), torch.tensor([[lam]], dtype=DT))
+    x = torch.tensor([[1.0], [-2.5]], dtype=DT)
+    hi, lo = 5.0, 0.05
+    exact = x * math.sqrt((lam + lo**2) / (lam + hi**2))
+    errs = []
+    for n in (20, 40, 80):
+        grid = torch.exp(torch.linspace(math.log(hi), math.log(lo), n + 1, dtype=DT))
+        errs.append((solver(den, x, grid) - exact).abs().max().item())
+    for a, b in zip(errs[:-1], errs[1:]):
+        assert 2**order * 0.85 < a / b < 2**order * 1.15, f"errors {errs}"
+
+
+def test_last_step_to_zero_returns_denoised_mean(gaussian):
+    mu, cov = gaussian
+    den = GaussianDenoiser(mu, cov)
+    x = torch.randn(5, D_DIM, generator=make_generator(4), dtype=DT)
+    sig = torch.full((5,), 0.7, dtype=DT)
+    for out in (
+        heun(den, x, [0.7, 0.0]),
+        euler(den, x, [0.7, 0.0]),
+        euler_maruyama(den, x, [0.7, 0.0], generator=make_generator(0)),
+        edm_stochastic(den, x, [0.7, 0.0], generator=make_generator(0)),
+    ):
+        assert torch.equal(out, den(x, sig))
+
+
+# ------------------------------------------------------------------------------ reproducibility
+@pytest.mark.parametrize("name", ["euler_maruyama", "edm_stochastic", "heun"])
+def test_per_sample_seeds_independent_of_batch_size(name, gaussian):
+    mu, cov = gaussian
+    den = GaussianDenoiser(mu, cov)
+    run = SAMPLERS[name][1]
+    grid = karras_grid(12)
+    n = 21
+    seeds = [1000 + i for i in range(n)]
+
+    def sample(batch):
+        outs = []
+        for start in range(0, n, batch):
+            gens = per_sample_generators(seeds[start : start + batch])
+            x = initial_noise((len(gens), 1, 4, 4), SIGMA_MAX, gens, dtype=DT)
+            outs.append(run(lambda x, s: den(x.reshape(x.shape[0], -1), s).reshape(x.shape), x, grid, gens))
+        return torch.cat(outs)
+
+    ref = sample(n)
+    for batch in (1, 7):
+        # equal up to BLAS rounding (different batch sizes may take different kernels)
+        torch.testing.assert_close(sample(batch), ref, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(ref[0], ref[1])
+
+
+def test_single_generator_reproducible_and_seed_sensitive(gaussian):
+    mu, cov = gaussian
+    den = GaussianDenoiser(mu, cov)
+
+    def go(seed):
+        g = make_generator(seed)
+        x = initial_noise((8, D_DIM), SIGMA_MAX, g, dtype=DT)
+        return euler_maruyama(den, x, karras_grid(10), generator=g)
+
+    assert torch.equal(go(5), go(5))
+    assert not torch.allclose(go(5), go(6))
+
+
+# ------------------------------------------------------------------------------ cost and API
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_nfe_counts(n, gaussian):
+    mu, cov = gaussian
+    den = CountingDenoiser(GaussianDenoiser(mu, cov))
+    x = torch.randn(3, D_DIM, generator=make_generator(0), dtype=DT)
+    grid = karras_grid(n)
+    no_zero = torch.linspace(10.0, 0.1, n + 1, dtype=DT)
+    cases = [
+        (lambda: heun(den, x, grid), 2 * n - 1),
+        (lambda: heun(den, x, no_zero), 2 * n),
+        (lambda: euler(den, x, grid), n),
+        (lambda: euler_maruyama(den, x, grid, generator=make_generator(1)), n),
+        (lambda: edm_stochastic(den, x, grid, generator=make_generator(1), churn=5.0), 2 * n - 1),
+    ]
+    for run, expected in cases:
+        den.reset()
+        assert den.nfe == 0
+        run()
+        assert den.nfe == expected
+
+
+def test_callback_sees_every_step(gaussian):
+    mu, cov = gaussian
+    den = GaussianDenoiser(mu, cov)
+    x = torch.randn(4, D_DIM, generator=make_generator(0), dtype=DT)
+    grid = karras_grid(6)
+    churn, gamma = 2.0, 2.0 / 6
+    for name in ("heun", "euler", "euler_maruyama", "edm_stochastic"):
+        seen = []
+        cb = seen.append
+        if name == "heun":
+            heun(den, x, grid, callback=cb)
+        elif name == "euler":
+            euler(den, x, grid, callback=cb)
+        elif name == "euler_maruyama":
+            euler_maruyama(den, x, grid, generator=make_generator(1), callback=cb)
+        else:
+            edm_stochastic(den, x, grid, generator=make_generator(1), churn=churn, s_tmin=1.0, callback=cb)
+        assert [c["i"] for c in seen] == list(range(6))
+        for c in seen:
+            assert c["sigma"] == pytest.approx(float(grid[c["i"]]))
+            assert c["sigma_next"] == pytest.approx(float(grid[c["i"] + 1]))
+            expect_hat = c["sigma"] * (1 + gamma) if name == "edm_stochastic" and c["sigma"] >= 1.0 else c["sigma"]
+            assert c["sigma_hat"] == pytest.approx(expect_hat)
+            sig = torch.full((4,), c["sigma_hat"], dtype=DT)
+            torch.testing.assert_close(c["denoised"], den(c["x"], sig))
+
+
+def test_samplers_keep_gradients(gaussian):
+    """No no_grad inside: guidance methods differentiate through the loop."""
+    mu, cov = gaussian
+    den = GaussianDenoiser(mu, cov)
+    grid = karras_grid(4)
+    for run in (
+        lambda x: heun(den, x, grid),
+        lambda x: euler(den, x, grid),
+        lambda x: euler_maruyama(den, x, grid, generator=make_generator(0)),
+        lambda x: edm_stochastic(den, x, grid, generator=make_generator(0), churn=1.0),
+    ):
+        x = torch.randn(2, D_DIM, generator=make_generator(1), dtype=DT, requires_grad=True)
+        run(x).sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_float32_and_sequence_grid():
+    den = GaussianDenoiser(torch.zeros(D_DIM, dtype=DT), torch.eye(D_DIM, dtype=DT))
+    f32 = lambda x, s: den(x.double(), s.double()).float()  # noqa: E731
+    x = initial_noise((3, D_DIM), 10.0, make_generator(0))
+    assert x.dtype == torch.float32
+    out = heun(f32, x, [10.0, 1.0, 0.1, 0.0])
+    assert out.dtype == torch.float32 and out.shape == x.shape
+
+
+# ------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "grid",
+    [[1.0, 2.0, 0.0], [2.0, 0.0, 1.0, 0.0], [2.0, 1.0, -0.5], [2.0, float("nan"), 0.0], [1.0], [2.0, 2.0, 0.0],
+     torch.ones(2, 2), [float("inf"), 1.0, 0.0]],
+)
+def test_bad_grid_raises(grid):
+    den = GaussianDenoiser(torch.zeros(2, dtype=DT), torch.eye(2, dtype=DT))
+    x = torch.zeros(1, 2, dtype=DT)
+    with pytest.raises(ValueError, match="sigmas"):
+        heun(den, x, grid)
+    with pytest.raises(ValueError, match="sigmas"):
+        euler_maruyama(den, x, grid, generator=make_generator(0))
+
+
+def test_bad_arguments_raise():
+    x = torch.zeros(2, 3, dtype=DT)
+    ok = lambda x, s: x  # noqa: E731
+    with pytest.raises(ValueError, match="denoiser returned"):
+        heun(lambda x, s: x[:, :2], x, [1.0, 0.0])
+    with pytest.raises(ValueError, match="noise returned"):
+        euler_maruyama(ok, x, [1.0, 0.5, 0.0], generator=make_generator(0), noise=lambda x, g: x[:1])
+    with pytest.raises(ValueError, match="churn"):
+        edm_stochastic(ok, x, [1.0, 0.0], churn=-1.0)
+    with pytest.raises(ValueError, match="s_tmin"):
+        edm_stochastic(ok, x, [1.0, 0.0], s_tmin=2.0, s_tmax=1.0)
+    with pytest.raises(ValueError, match="sigma_max"):
+        initial_noise((2, 3), 0.0, make_generator(0))
+    with pytest.raises(ValueError, match="generators"):
+        euler_maruyama(ok, x, [1.0, 0.5, 0.0], generator=per_sample_generators([1, 2, 3]))
+    with pytest.raises(TypeError):
+        heun(ok, [[0.0]], [1.0, 0.0])
+    with pytest.raises(TypeError):
+        CountingDenoiser(3)
