@@ -1,7 +1,8 @@
 """σ-space samplers against closed forms: exact Gaussian and Gaussian-mixture denoisers (float64).
 
-The reference denoisers are written here from the formulas of METHODS §1 (literal solves, one per
-distinct σ) so that these tests depend on no other module than the samplers and diffpost.random.
+The reference denoisers are written here from the formulas of METHODS §1 (a dense solve for the
+Gaussian, each component's eigenbasis for the mixture), independent of diffpost.priors; only the last
+test (the oracle demo) uses the real priors and operators.
 
 Grids are EDM's ρ-spaced ones with a trailing 0. Step counts were chosen so that the deterministic
 error (discretisation + start from N(0, σ_max²)) of the covariance is well below the 5 % tolerance,
@@ -20,8 +21,9 @@ import torch
 
 from diffpost.random import make_generator, per_sample_generators, randn_like
 from diffpost.samplers import CountingDenoiser, edm_stochastic, euler, euler_maruyama, heun, initial_noise
+from diffpost.schedules import karras_sigmas
 
-pytestmark = pytest.mark.usefixtures("no_global_rng")
+pytestmark = pytest.mark.usefixtures("no_global_rng", "one_thread")
 
 DT = torch.float64
 D_DIM = 16
@@ -29,12 +31,14 @@ N = 20_000
 SIGMA_MAX = 80.0
 
 
-def karras_grid(n: int, sigma_min: float = 0.002, sigma_max: float = SIGMA_MAX, rho: float = 7.0) -> torch.Tensor:
-    """n steps: n positive levels (EDM's ρ-spacing) and a trailing 0."""
-    i = torch.arange(n, dtype=DT)
-    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    s = (a + i / max(n - 1, 1) * (b - a)) ** rho
-    return torch.cat([s, torch.zeros(1, dtype=DT)])
+@pytest.fixture(scope="module")
+def one_thread():
+    """Matrices here are 16×16: intra-op threads only add synchronisation (on a busy 2-core machine
+    they made these tests several times slower). Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 # ------------------------------------------------------------------------------ exact references
@@ -131,21 +135,21 @@ def _check_moments(samples, mu, cov, *, tol_cov=0.05, n_se=5.0):
 
 # name -> (grid, run(denoiser, x, sigmas, generator)); see the module docstring for the error budget
 SAMPLERS = {
-    "heun": (karras_grid(64), lambda D, x, s, g: heun(D, x, s)),
+    "heun": (karras_sigmas(64), lambda D, x, s, g: heun(D, x, s)),
     "euler_maruyama": (
-        karras_grid(256, sigma_min=0.01, sigma_max=10.0, rho=3.0),
+        karras_sigmas(256, sigma_min=0.01, sigma_max=10.0, rho=3.0),
         lambda D, x, s, g: euler_maruyama(D, x, s, generator=g),
     ),
     "edm_stochastic": (
-        karras_grid(96),
+        karras_sigmas(96),
         lambda D, x, s, g: edm_stochastic(D, x, s, generator=g, churn=10.0, s_tmin=0.01, s_tmax=50.0),
     ),
 }
 
 GMM_GRIDS = {
-    "heun": karras_grid(32),
-    "euler_maruyama": karras_grid(128, sigma_min=0.01, sigma_max=10.0, rho=3.0),
-    "edm_stochastic": karras_grid(48),
+    "heun": karras_sigmas(32),
+    "euler_maruyama": karras_sigmas(128, sigma_min=0.01, sigma_max=10.0, rho=3.0),
+    "edm_stochastic": karras_sigmas(48),
 }
 
 
@@ -165,7 +169,7 @@ def test_moment_check_rejects_a_wrong_prior(gaussian):
     mu, cov = gaussian
     g = make_generator(10)
     x = initial_noise((N, D_DIM), SIGMA_MAX, g, dtype=DT)
-    out = heun(GaussianDenoiser(mu, 1.15 * cov), x, karras_grid(64))
+    out = heun(GaussianDenoiser(mu, 1.15 * cov), x, karras_sigmas(64))
     with pytest.raises(AssertionError, match="covariance"):
         _check_moments(out, mu, cov)
 
@@ -210,7 +214,7 @@ def test_colored_noise_function_space(gaussian):
     x = initial_noise((N, D_DIM), SIGMA_MAX, g, noise=colored, dtype=DT)
     assert torch.allclose(torch.cov(x.T) / SIGMA_MAX**2, noise_cov, atol=0.1)
     den = GaussianDenoiser(mu, cov, noise_cov)
-    out = edm_stochastic(den, x, karras_grid(96), generator=g, churn=10.0, s_tmin=0.01, s_tmax=50.0, noise=colored)
+    out = edm_stochastic(den, x, karras_sigmas(96), generator=g, churn=10.0, s_tmin=0.01, s_tmax=50.0, noise=colored)
     _check_moments(out, mu, cov)
 
 
@@ -229,6 +233,55 @@ def test_ode_convergence_order(solver, order):
         errs.append((solver(den, x, grid) - exact).abs().max().item())
     for a, b in zip(errs[:-1], errs[1:]):
         assert 2**order * 0.85 < a / b < 2**order * 1.15, f"errors {errs}"
+
+
+def _chain_variance(kind: str, grid: list[float], lam: float, churn: float, s_tmin: float, s_tmax: float) -> float:
+    """Exact output variance of the discrete chain for x0 ~ N(0, λ) in 1-D, started at N(0, σ_0²).
+
+    With ``D(x, σ) = f(σ)x``, ``f = λ/(λ + σ²)``, every step is ``x' = c·x + noise``, so the variance
+    follows a scalar recursion: an independent statement of each algorithm, discretisation included."""
+    f = lambda s: lam / (lam + s * s)  # noqa: E731
+    v, n = grid[0] ** 2, len(grid) - 1
+    gamma_max = min(churn / n, math.sqrt(2) - 1)
+    for a, b in zip(grid[:-1], grid[1:]):
+        if kind == "euler_maruyama":
+            c = f(a) if b == 0 else 1 - (a * a - b * b) / (a * a) * (1 - f(a))
+            v = c * c * v + (0.0 if b == 0 else a * a - b * b)
+            continue
+        ah = a * (1 + gamma_max) if (kind == "edm_stochastic" and s_tmin <= a <= s_tmax) else a
+        v = v + ah * ah - a * a  # churn
+        if b == 0:
+            c = f(ah)
+        else:  # Heun: x_e = x + (b − ah)(1 − f(ah))x/ah; x' = x + (b − ah)/2 · (slope(x) + slope(x_e))
+            d1 = (1 - f(ah)) / ah
+            d2 = (1 + (b - ah) * d1) * (1 - f(b)) / b
+            c = 1 + (b - ah) * 0.5 * (d1 + d2)
+        v = c * c * v
+    return v
+
+
+@pytest.mark.parametrize(
+    "kind,n_steps,churn",
+    [("euler_maruyama", 8, 0.0), ("edm_stochastic", 8, 40.0), ("edm_stochastic", 12, 5.0), ("heun", 6, 0.0)],
+)
+def test_coarse_grid_matches_exact_chain_variance(kind, n_steps, churn):
+    """On coarse grids the discretisation bias is large (variance off by up to 2.5×), and the sampler
+    must reproduce exactly that bias: a sharp check of each update rule, not only of its limit."""
+    lam, n = 0.3, 200_000
+    grid = karras_sigmas(n_steps)
+    g = make_generator(7)
+    x = initial_noise((n, 1), float(grid[0]), g, dtype=DT)
+    den = lambda x, s: x * (lam / (lam + s[:, None] ** 2))  # noqa: E731
+    if kind == "heun":
+        out = heun(den, x, grid)
+    elif kind == "euler_maruyama":
+        out = euler_maruyama(den, x, grid, generator=g)
+    else:
+        out = edm_stochastic(den, x, grid, generator=g, churn=churn, s_tmin=0.01, s_tmax=50.0)
+    expected = _chain_variance(kind, grid.tolist(), lam, churn, 0.01, 50.0)
+    assert abs(expected / lam - 1) > 0.02, "grid too fine to tell the discrete chain from its limit"
+    se = expected * math.sqrt(2 / n)
+    assert abs(out.var().item() - expected) < 5 * se, f"variance {out.var().item():.5f}, chain {expected:.5f}"
 
 
 def test_last_step_to_zero_returns_denoised_mean(gaussian):
@@ -251,7 +304,7 @@ def test_per_sample_seeds_independent_of_batch_size(name, gaussian):
     mu, cov = gaussian
     den = GaussianDenoiser(mu, cov)
     run = SAMPLERS[name][1]
-    grid = karras_grid(12)
+    grid = karras_sigmas(12)
     n = 21
     seeds = [1000 + i for i in range(n)]
 
@@ -277,7 +330,7 @@ def test_single_generator_reproducible_and_seed_sensitive(gaussian):
     def go(seed):
         g = make_generator(seed)
         x = initial_noise((8, D_DIM), SIGMA_MAX, g, dtype=DT)
-        return euler_maruyama(den, x, karras_grid(10), generator=g)
+        return euler_maruyama(den, x, karras_sigmas(10), generator=g)
 
     assert torch.equal(go(5), go(5))
     assert not torch.allclose(go(5), go(6))
@@ -289,7 +342,7 @@ def test_nfe_counts(n, gaussian):
     mu, cov = gaussian
     den = CountingDenoiser(GaussianDenoiser(mu, cov))
     x = torch.randn(3, D_DIM, generator=make_generator(0), dtype=DT)
-    grid = karras_grid(n)
+    grid = karras_sigmas(n)
     no_zero = torch.linspace(10.0, 0.1, n + 1, dtype=DT)
     cases = [
         (lambda: heun(den, x, grid), 2 * n - 1),
@@ -309,7 +362,7 @@ def test_callback_sees_every_step(gaussian):
     mu, cov = gaussian
     den = GaussianDenoiser(mu, cov)
     x = torch.randn(4, D_DIM, generator=make_generator(0), dtype=DT)
-    grid = karras_grid(6)
+    grid = karras_sigmas(6)
     churn, gamma = 2.0, 2.0 / 6
     for name in ("heun", "euler", "euler_maruyama", "edm_stochastic"):
         seen = []
@@ -336,7 +389,7 @@ def test_samplers_keep_gradients(gaussian):
     """No no_grad inside: guidance methods differentiate through the loop."""
     mu, cov = gaussian
     den = GaussianDenoiser(mu, cov)
-    grid = karras_grid(4)
+    grid = karras_sigmas(4)
     for run in (
         lambda x: heun(den, x, grid),
         lambda x: euler(den, x, grid),
@@ -391,3 +444,19 @@ def test_bad_arguments_raise():
         heun(ok, [[0.0]], [1.0, 0.0])
     with pytest.raises(TypeError):
         CountingDenoiser(3)
+
+
+# ------------------------------------------------------------------------------ oracle demo
+def test_oracle_demo_small_run(capsys):
+    """``python -m diffpost.oracle`` end to end on the real priors and operators (small and coarse):
+    a full table, exact posterior weights and heun rows within Monte Carlo error of the posterior."""
+    from diffpost import oracle
+
+    rows = oracle.main(["--n-samples", "400", "--steps", "16", "--em-steps", "32", "--seed", "1"])
+    text = capsys.readouterr().out
+    assert len(rows) == 16 and text.count("edm_stochastic") == 4 and "weights" in text
+    for r in rows:
+        if r["sampler"] in ("exact", "heun"):
+            assert r["mean_se"] < 5, r
+        if r["prior"] == "gmm" and r["sampler"] != "exact":
+            assert r["nfe"] > 0 and max(abs(a - b) for a, b in zip(r["masses"], r["weights"])) < 0.1, r

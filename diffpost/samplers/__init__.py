@@ -1,5 +1,6 @@
 """σ-space samplers: unconditional loops (``base``) that posterior samplers plug their denoisers into."""
 from diffpost.samplers.base import (
+    Callback,
     CountingDenoiser,
     Denoiser,
     NoiseFn,
@@ -11,6 +12,7 @@ from diffpost.samplers.base import (
 )
 
 __all__ = [
+    "Callback",
     "CountingDenoiser",
     "Denoiser",
     "NoiseFn",

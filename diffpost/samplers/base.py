@@ -178,8 +178,8 @@ def euler_maruyama(
 ) -> torch.Tensor:
     """Euler–Maruyama on the reverse variance-exploding SDE; NFE = number of steps.
 
-    Step σ → σ' (δ = σ² − σ'²): ``x' = x + δ/σ² · (D(x, σ) − x) + √δ · C^½ z``. A step to 0 returns
-    ``D`` (the mean of x0 given the last state) instead of adding σ_last-sized noise.
+    Step σ → σ' (δ = σ² − σ'²): ``x' = x + δ/σ² · (D(x, σ) − x) + √δ · C^½ z``. A step to 0
+    returns ``D`` (the mean of x0 given the last state) instead of adding σ_last-sized noise.
     """
     _check_x(x)
     s = _grid(sigmas)
