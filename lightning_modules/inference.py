@@ -4,8 +4,9 @@ Pipeline (every rank runs it; ranks > 0 stop after writing their shards):
 
 1. check inputs, all before any file is written: checkpoint (``safe_load``, weights only), the
    measurement source (a DataModule export, a raw ``.pt``/``.npy`` tensor with an operator spec, or
-   a data config to synthesise from), the task (a UCoS model must match the measurements' operator
-   and σ_y), the options and the output folder; bad input raises ``InputError``;
+   layered data configs to synthesise from, a task config on top), the task (a UCoS model must match
+   the measurements' operator and σ_y), the options and the output folder; bad input raises
+   ``InputError``;
 2. ``Trainer.predict`` over measurements sharded ``rank::world`` (no padding: nothing is duplicated or
    dropped when the count does not divide the world size); a ``BasePredictionWriter`` saves each
    batch (samples, per-measurement metrics, cost) into a temporary sibling of the output folder and
@@ -99,7 +100,7 @@ def read_yaml(text_or_path: str, what: str) -> dict[str, Any]:
 
 def _task_entries(cfg: dict[str, Any]) -> dict[str, Any]:
     """``data.init_args`` of a data/task config (LightningCLI layout); a bare operator spec as is."""
-    if "class_path" in cfg and "data" not in cfg and "operator" not in cfg.get("init_args", {}):
+    if "class_path" in cfg and "data" not in cfg and "operator" not in (cfg.get("init_args") or {}):
         return {"operator": cfg}
     data = cfg.get("data", cfg)
     args = data.get("init_args", data) if isinstance(data, dict) else None
@@ -121,21 +122,41 @@ def _sigma_y(value: Any, where: str) -> float:
     return float(value)
 
 
-def task_from_config(path: str) -> tuple[LinearOperator, float]:
-    """``(operator, σ_y)`` from a task/data config (``data.init_args.operator`` and ``.sigma_y``)."""
-    args = _task_entries(read_yaml(path, "task config"))
-    if "operator" not in args or "sigma_y" not in args:
-        raise InputError(f"task config {path}: needs data.init_args.operator and data.init_args.sigma_y")
-    return _operator(args["operator"], f"task config {path}"), _sigma_y(args["sigma_y"], f"task config {path}")
+@dataclass
+class TaskSpec:
+    """A task named on the command line: the operator's spec, σ_y, and where they came from."""
+
+    operator: dict[str, Any]
+    sigma_y: float
+    where: str
+
+    def build(self) -> LinearOperator:
+        return _operator(self.operator, self.where)
 
 
-def operator_from_text(text: str) -> LinearOperator:
-    """An operator from ``--operator``: a YAML/JSON file or inline text holding a spec
-    ``{class_path: diffpost.operators..., init_args: {...}}`` (or a data config holding one)."""
-    args = _task_entries(read_yaml(text, "operator spec"))
-    if "operator" not in args:
-        raise InputError(f"operator spec {text}: no class_path/init_args found")
-    return _operator(args["operator"], "--operator")
+def explicit_task(task: str | None, operator: str | None, sigma_y: float | None) -> TaskSpec | None:
+    """The task of ``--task YAML`` (``init_args: {operator, sigma_y}``, the configs/task/ layout, also
+    under ``data:``) or of ``--operator SPEC`` (file or inline JSON) with ``--sigma-y``; ``None`` if neither."""
+    if task is None and operator is None:
+        return None
+    where = f"task config {task}" if task is not None else "--operator/--sigma-y"
+    args = _task_entries(read_yaml(task if task is not None else operator, "task config" if task is not None else "operator spec"))
+    value = args.get("sigma_y") if task is not None else sigma_y
+    if "operator" not in args or value is None:
+        raise InputError(f"{where}: needs an operator spec and sigma_y (layout: init_args: {{operator: ..., sigma_y: ...}})")
+    spec = TaskSpec(args["operator"], _sigma_y(value, where), where)
+    spec.build()  # fail now on a bad spec
+    return spec
+
+
+def merge_config(base: Any, override: Any) -> Any:
+    """Layer configs as LightningCLI does with repeated ``--data``: mappings merge key by key, but a
+    spec naming another ``class_path`` replaces the old one whole (its init_args would not fit)."""
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return override
+    if "class_path" in override and override["class_path"] != base.get("class_path"):
+        return override
+    return {**base, **{k: merge_config(base[k], v) if k in base else v for k, v in override.items()}}
 
 
 def _check_same_task(meas: Measurements, operator: LinearOperator, sigma_y: float, what: str) -> None:
@@ -165,9 +186,15 @@ def _load_tensor_file(p: Path) -> Any:
         raise InputError(f"measurement file {p} is not a readable torch file (truncated or corrupt?): {e}") from None
 
 
-def measurements_from_file(path: str, operator: LinearOperator | None = None, sigma_y: float | None = None) -> Measurements:
-    """A DataModule export (validated, carries its operator, σ_y and truths) or a raw tensor
-    ``(N, *y_shape)`` (or one ``y_shape`` measurement), which needs ``operator`` and ``sigma_y``."""
+def _check_shape(t: torch.Tensor, shape: tuple[int, ...], what: str, operator: LinearOperator) -> None:
+    if tuple(t.shape[1:]) != tuple(shape):
+        raise InputError(f"{what} has shape {tuple(t.shape)}; {type(operator).__name__} {operator.config()} "
+                         f"needs (N, {', '.join(map(str, shape))})")
+
+
+def measurements_from_file(path: str, task: TaskSpec | None = None) -> Measurements:
+    """A DataModule export (validated; carries its operator, σ_y and truths; checked against ``task``
+    if given) or a raw tensor ``(N, *y_shape)`` (or one ``y_shape`` measurement), which needs ``task``."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"measurement file not found: {p}")
@@ -180,33 +207,42 @@ def measurements_from_file(path: str, operator: LinearOperator | None = None, si
         meas = Measurements(y=data["y"], index=data["index"], x=data["x"], sigma_y=float(data["sigma_y"]),
                             operator=_operator(data["operator"], f"measurement file {p}"),
                             source={"kind": "export", "path": str(p.absolute())})
-        if operator is not None:
-            _check_same_task(meas, operator, sigma_y, "the given task")
+        _check_shape(meas.y, meas.operator.y_shape, f"measurement file {p}: 'y'", meas.operator)
+        _check_shape(meas.x, meas.operator.x_shape, f"measurement file {p}: 'x'", meas.operator)
+        if task is not None:
+            _check_same_task(meas, task.build(), task.sigma_y, task.where)
         return meas
     if not torch.is_tensor(data):
         raise InputError(f"measurement file {p} holds a {type(data).__name__}; expected an export ({FORMAT}) or a tensor")
-    if operator is None or sigma_y is None:
+    if task is None:
         raise InputError(f"raw measurement tensor {p} carries no operator: pass --operator and --sigma-y (or --task)")
+    operator = task.build()
     y = data[None] if data.dim() == len(operator.y_shape) else data
-    if tuple(y.shape[1:]) != tuple(operator.y_shape):
-        raise InputError(f"measurement tensor {p} has shape {tuple(data.shape)}; {type(operator).__name__} "
-                         f"needs (N, {', '.join(map(str, operator.y_shape))})")
+    _check_shape(y, operator.y_shape, f"measurement tensor {p}", operator)
     if not (y.is_floating_point() or y.is_complex()):
         raise InputError(f"measurement tensor {p} has dtype {y.dtype}; expected floating point")
     bad = int((~torch.isfinite(y)).sum())
     if bad:
         raise InputError(f"measurement tensor {p} contains {bad} non-finite values (NaN/Inf)")
-    return Measurements(y=y, index=torch.arange(y.shape[0]), operator=operator, sigma_y=sigma_y,
-                        source={"kind": "raw", "path": str(p.absolute())})
+    return Measurements(y=y, index=torch.arange(y.shape[0]), operator=operator, sigma_y=task.sigma_y,
+                        source={"kind": "raw", "path": str(p.absolute()), "task": task.where})
 
 
-def measurements_from_data_config(path: str, split: str = "test", n: int | None = None) -> Measurements:
-    """Synthesise the first ``n`` items of ``split`` from a data config (classes built through
-    ``diffpost.config.build``'s allow-list; YAML read with ``safe_load``): the same items, noise and
-    indices as the DataModule's own loaders and exports."""
-    cfg = read_yaml(path, "data config")
+def measurements_from_data_config(paths: list[str], split: str = "test", n: int | None = None,
+                                  task: TaskSpec | None = None) -> Measurements:
+    """Synthesise the first ``n`` items of ``split`` from data configs layered in order (the DataModule
+    spec, bare or under ``data:``), with ``task``'s operator and σ_y on top if given. Classes are built
+    through ``diffpost.config.build``'s allow-list, YAML read with ``safe_load``. The items, noise and
+    indices are those of the DataModule's own loaders and exports."""
+    cfg: dict[str, Any] = {}
+    for path in paths:
+        layer = read_yaml(path, "data config")
+        cfg = merge_config(cfg, layer.get("data", layer))
+    if task is not None:
+        cfg = merge_config(cfg, {"init_args": {"operator": task.operator, "sigma_y": task.sigma_y}})
+    path = " + ".join(paths)
     try:
-        dm = build(cfg.get("data", cfg))
+        dm = build(cfg)
     except (ValueError, TypeError) as e:
         raise InputError(f"data config {path}: {e}") from None
     if not isinstance(dm, InverseProblemDataModule):
@@ -223,7 +259,8 @@ def measurements_from_data_config(path: str, split: str = "test", n: int | None 
               "index": torch.stack([it["index"] for it in items]), "sigma_y": dm.sigma_y, "operator": operator_spec(dm.operator)}
     validate_measurements(record, where=f"data config {path}")
     return Measurements(y=record["y"], index=record["index"], x=record["x"], operator=dm.operator, sigma_y=dm.sigma_y,
-                        source={"kind": "data_config", "path": str(Path(path).absolute()), "split": split})
+                        source={"kind": "data_config", "paths": [str(Path(p).absolute()) for p in paths], "split": split,
+                                "task": None if task is None else task.where})
 
 
 # ============================================================================ models
@@ -380,7 +417,7 @@ class ShardWriter(BasePredictionWriter):
         B = samples.shape[0]
         mean = samples.mean(1)
         std = samples.std(1) if samples.shape[1] > 1 else torch.zeros_like(mean)
-        shard = {"position": batch["position"].cpu(), "index": batch["index"].cpu(), "samples": samples, "mean": mean, "std": std,
+        shard = {"rank": trainer.global_rank, "position": batch["position"].cpu(), "index": batch["index"].cpu(), "samples": samples, "mean": mean, "std": std,
                  "metrics": {k: v.cpu() for k, v in measurement_metrics(samples, truth).items()},
                  "nfe": prediction["nfe"], "seconds": prediction["seconds"],
                  # operators count per image: a batch's calls split evenly over its measurements
@@ -421,7 +458,10 @@ def merge_shards(workdir: Path, n: int) -> dict[str, Any]:
     merged["nfe"] = cat(lambda s: per_item(s, s["nfe"]))
     merged["forward"] = cat(lambda s: per_item(s, s["operator_calls"].get("forward", 0)))
     merged["adjoint"] = cat(lambda s: per_item(s, s["operator_calls"].get("adjoint", 0)))
-    merged["sampler_seconds"] = sum(s["seconds"] for s in shards)
+    per_rank: dict[int, float] = {}
+    for s in shards:
+        per_rank[s["rank"]] = per_rank.get(s["rank"], 0.0) + s["seconds"]
+    merged["sampler_seconds_per_rank"] = per_rank
     merged["ranks"] = [torch.load(f, weights_only=True) for f in sorted((workdir / _SHARDS).glob("rank*-summary.pt"))]
     return merged
 
@@ -435,7 +475,7 @@ def _stats(values: torch.Tensor) -> dict[str, float | None]:
     return {"mean": float(v.mean()), "std": float(v.std()) if v.numel() > 1 else None}
 
 
-def metrics_report(merged: dict[str, Any], *, n_samples: int, sampling_seconds: float, total_seconds: float,
+def metrics_report(merged: dict[str, Any], *, n_samples: int, predict_seconds: float, total_seconds: float,
                    settings: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
     """``metrics.json``: per measurement, aggregate (mean ± std over measurements), cost, settings, task."""
     names = list(merged["metrics"])
@@ -451,13 +491,16 @@ def metrics_report(merged: dict[str, Any], *, n_samples: int, sampling_seconds: 
                       "operator_calls_adjoint": _stats(merged["adjoint"])})
     n = len(per)
     ranks = merged["ranks"]
+    # sampling time: the slowest rank's time inside sample_posterior (no figure drawing or file I/O)
+    sampling_seconds = max(merged["sampler_seconds_per_rank"].values())
     cost = {
         "nfe_per_sample_mean": float(merged["nfe"].mean()),
         "operator_calls": {"forward": _number(merged["forward"].sum()), "adjoint": _number(merged["adjoint"].sum())},
         "wall_time_s": total_seconds,
-        "sampling_wall_time_s": sampling_seconds,
+        "predict_wall_time_s": predict_seconds,
+        "sampling_time_s": sampling_seconds,
         "wall_time_per_posterior_sample_s": sampling_seconds / (n * n_samples),
-        "sampler_compute_s": merged["sampler_seconds"],
+        "sampler_compute_s_all_ranks": sum(merged["sampler_seconds_per_rank"].values()),
         "peak_memory_bytes": max(r["peak_memory_bytes"] for r in ranks),
         "peak_memory_kind": ranks[0]["peak_memory_kind"],
         "peak_memory_bytes_per_rank": [r["peak_memory_bytes"] for r in ranks],
@@ -516,7 +559,7 @@ class OutputFolder:
 
 def _write_outputs(folder: Path, merged: dict[str, Any], report: dict[str, Any]) -> None:
     for key in ("samples", "mean", "std", "index"):
-        torch.save(merged[key].contiguous().clone(), folder / f"{key}.pt")
+        torch.save(merged[key], folder / f"{key}.pt")
     (folder / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     shutil.rmtree(folder / _SHARDS)
 
@@ -529,7 +572,34 @@ def _positive_int(name: str, value: int | None, allow_none: bool = False) -> Non
         raise InputError(f"{name} must be a positive integer, got {value!r}")
 
 
-def run_inference(*, checkpoint: str, output: str, measurements: str | None = None, data: str | None = None,
+def resolve_inputs(*, checkpoint: str, method: Method, measurements: str | None, data: str | list[str] | None, task: str | None,
+                   operator: str | None, sigma_y: float | None, split: str, n: int | None,
+                   zeta: float) -> tuple[Measurements, str, pl.LightningModule, dict[str, Any]]:
+    """The measurements, the method, the sampling module (checked against the measurements' task) and
+    the checkpoint's metadata. An explicit task (``task``, or ``operator`` + ``sigma_y``) is required
+    for raw tensors, checked against an export, and layered over data configs (it sets the task the
+    measurements are synthesised for)."""
+    if (measurements is None) == (data is None):
+        raise InputError("give exactly one measurement source: --measurements PATH or --data YAML")
+    if (operator is None) != (sigma_y is None) or (operator is not None and task is not None):
+        raise InputError("name the task either with --task YAML or with both --operator and --sigma-y")
+    if not Path(checkpoint).is_file():
+        raise InputError(f"checkpoint not found: {checkpoint}")
+    named = explicit_task(task, operator, sigma_y)
+    if data is not None:
+        meas = measurements_from_data_config([data] if isinstance(data, str) else list(data), split, n, named)
+    else:
+        meas = measurements_from_file(measurements, named)
+        if n is not None:
+            meas = Measurements(meas.y[:n], meas.index[:n], meas.operator, meas.sigma_y,
+                                None if meas.x is None else meas.x[:n], meas.source)
+    if len(meas) == 0:
+        raise InputError("the measurement source holds no measurements")
+    method, model, meta = load_sampler(checkpoint, method, meas, zeta)
+    return meas, method, model, meta
+
+
+def run_inference(*, checkpoint: str, output: str, measurements: str | None = None, data: str | list[str] | None = None,
                   method: Method = "auto", task: str | None = None, operator: str | None = None, sigma_y: float | None = None,
                   split: str = "test", n: int | None = None, sampler: str | None = None, steps: int | None = None,
                   n_samples: int = 8, batch_size: int = 4, seed: int = 0, churn: float = 0.0, zeta: float = 1.0,
@@ -537,9 +607,9 @@ def run_inference(*, checkpoint: str, output: str, measurements: str | None = No
                   progress: bool | None = None) -> Path | None:
     """Sample posteriors for a set of measurements; returns the output folder (``None`` on ranks > 0).
 
-    Exactly one of ``measurements`` (a file) and ``data`` (a data config) is the source; ``task`` or
-    ``operator`` + ``sigma_y`` name the task explicitly (required for raw tensors; otherwise checked
-    against the measurements). Raises ``InputError`` on bad input before anything is written.
+    Exactly one of ``measurements`` (a file) and ``data`` (data configs, layered) is the source;
+    ``task`` or ``operator`` + ``sigma_y`` name the task (see ``resolve_inputs``). Raises
+    ``InputError`` on bad input before anything is written.
     """
     t_start = time.perf_counter()
     child_workdir = os.environ.get(WORKDIR_ENV)  # set: we are a DDP rank re-launched by rank 0
@@ -552,25 +622,8 @@ def run_inference(*, checkpoint: str, output: str, measurements: str | None = No
             _positive_int(name, value, none_ok)
         if not (math.isfinite(churn) and churn >= 0) or not (math.isfinite(zeta) and zeta > 0):
             raise InputError(f"--churn must be >= 0 and --zeta > 0, got churn={churn}, zeta={zeta}")
-        if (measurements is None) == (data is None):
-            raise InputError("give exactly one measurement source: --measurements PATH or --data YAML")
-        if (operator is None) != (sigma_y is None) or (operator is not None and task is not None):
-            raise InputError("name the task either with --task YAML or with both --operator and --sigma-y")
-        if not Path(checkpoint).is_file():
-            raise InputError(f"checkpoint not found: {checkpoint}")
-        explicit = task_from_config(task) if task else (operator_from_text(operator), _sigma_y(sigma_y, "--sigma-y")) if operator else (None, None)
-        if data is not None:
-            meas = measurements_from_data_config(data, split, n)
-            if explicit[0] is not None:
-                _check_same_task(meas, *explicit, "--task")
-        else:
-            meas = measurements_from_file(measurements, *explicit)
-            if n is not None:
-                meas.y, meas.index = meas.y[:n], meas.index[:n]
-                meas.x = None if meas.x is None else meas.x[:n]
-        if len(meas) == 0:
-            raise InputError("the measurement source holds no measurements")
-        method, model, meta = load_sampler(checkpoint, method, meas, zeta)
+        meas, method, model, meta = resolve_inputs(checkpoint=checkpoint, method=method, measurements=measurements, data=data,
+                                                   task=task, operator=operator, sigma_y=sigma_y, split=split, n=n, zeta=zeta)
         num_steps = steps or int(model.hparams.num_steps)
         if method == "ucos":
             sampler = sampler or model.hparams.sampler
@@ -598,10 +651,10 @@ def run_inference(*, checkpoint: str, output: str, measurements: str | None = No
     out.create()
     os.environ[WORKDIR_ENV] = str(workdir)  # inherited by the ranks the ddp launcher starts
     try:
-        t_sample = time.perf_counter()
+        t_predict = time.perf_counter()
         trainer.predict(predictor, datamodule=ShardedMeasurements(meas, batch_size), return_predictions=False)
         trainer.strategy.barrier()  # every rank's shards are on disk
-        sampling_seconds = time.perf_counter() - t_sample
+        predict_seconds = time.perf_counter() - t_predict
         merged = merge_shards(workdir, len(meas))
         settings = {"checkpoint": str(Path(checkpoint).absolute()), "method": method, "module": meta.get("module"),
                     "sampler": sampler if method == "ucos" else f"dps-{model.hparams.step}",
@@ -612,7 +665,7 @@ def run_inference(*, checkpoint: str, output: str, measurements: str | None = No
         task_info = {"operator": operator_spec(meas.operator), "sigma_y": meas.sigma_y,
                      "checkpoint_operator_fingerprint": meta.get("operator_fingerprint"),
                      "operator_fingerprint": meas.operator.fingerprint()}
-        report = metrics_report(merged, n_samples=n_samples, sampling_seconds=sampling_seconds,
+        report = metrics_report(merged, n_samples=n_samples, predict_seconds=predict_seconds,
                                 total_seconds=time.perf_counter() - t_start, settings=settings, task=task_info)
         _write_outputs(workdir, merged, report)
         return out.commit()

@@ -3,11 +3,11 @@
 
     # UCoS on measurements exported by the DataModule (operator and sigma_y are in the file)
     python scripts/sample.py --checkpoint runs/ucos_ct/last.ckpt --measurements test.pt --output out/ct
-    # synthesise 16 test measurements from a data config; 4 GPUs
-    python scripts/sample.py --checkpoint ucos.ckpt --data configs/data/ellipses_ct.yaml --n 16 \\
-        --devices 4 --output out/ct
-    # DPS on a prior checkpoint; the task comes from a YAML in the data-config layout
-    python scripts/sample.py --checkpoint prior.ckpt --task configs/task/ct.yaml --measurements test.pt \\
+    # synthesise 16 test measurements from a data config with a task on top; 4 GPUs
+    python scripts/sample.py --checkpoint ucos.ckpt --data configs/data/ellipses32.yaml \\
+        --task configs/task/ct_sparse.yaml --n 16 --devices 4 --output out/ct
+    # DPS on a prior checkpoint, for the task of configs/task/ (operator + sigma_y)
+    python scripts/sample.py --checkpoint prior.ckpt --task configs/task/ct_sparse.yaml --measurements test.pt \\
         --zeta 0.5 --steps 200 --output out/dps
     # a raw (N, *y_shape) tensor: name the operator and noise level
     python scripts/sample.py --checkpoint ucos.ckpt --measurements y.npy --sigma-y 0.05 \\
@@ -28,20 +28,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sample.py", description=__doc__.split("\n\n")[0].strip(),
-                                epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog="examples:\n" + __doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="UCoS checkpoint, or a ScorePriorModule checkpoint for DPS (e.g. --checkpoint runs/ucos/last.ckpt)")
     p.add_argument("--method", choices=["auto", "ucos", "dps"], default="auto",
                    help="posterior sampler; auto picks by the checkpoint's module class (e.g. --method dps)")
     p.add_argument("--task", metavar="YAML",
-                   help="operator and sigma_y in the data-config layout data: {init_args: {operator, sigma_y}}; needed "
-                        "for DPS on raw tensors, checked against the measurements otherwise (e.g. --task configs/task/ct.yaml)")
+                   help="operator and sigma_y, layout init_args: {operator, sigma_y} as in configs/task/: the task of a raw "
+                        "tensor, checked against an export, layered over --data (e.g. --task configs/task/ct_sparse.yaml)")
     src = p.add_argument_group("measurement source (exactly one)")
     src.add_argument("--measurements", metavar="PATH",
                      help="a DataModule export .pt, or a raw .pt/.npy tensor (N, *y_shape) with --operator and --sigma-y "
                           "(e.g. --measurements test_measurements.pt)")
-    src.add_argument("--data", metavar="YAML",
-                     help="synthesise measurements from a data config (e.g. --data configs/data/ellipses_ct.yaml)")
+    src.add_argument("--data", metavar="YAML", action="append",
+                     help="synthesise measurements from a data config (the DataModule spec, bare or under data:); "
+                          "repeat to layer configs (e.g. --data configs/data/ellipses32.yaml)")
     src.add_argument("--operator", metavar="SPEC",
                      help="operator of a raw tensor: a YAML/JSON file or inline JSON {class_path, init_args} "
                           "(e.g. --operator ct16.yaml)")
@@ -68,11 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accelerator", choices=["auto", "cpu", "gpu", "cuda", "mps"], default="auto",
                      help="Lightning accelerator (default auto; e.g. --accelerator cpu)")
     run.add_argument("--output", required=True, metavar="DIR", help="output folder (e.g. --output out/ct_ucos)")
-    run.add_argument("--overwrite", action="store_true", help="replace results already in --output")
+    run.add_argument("--overwrite", action="store_true", help="replace results already in --output (the old folder goes only once the new one is complete; "
+                          "e.g. --output out/ct --overwrite)")
     run.add_argument("--no-figures", dest="figures", action="store_false",
-                     help="skip the per-measurement PNGs (figures/measurement_<index>.png)")
+                     help="skip the per-measurement PNGs figures/measurement_<index>.png (faster for large N; e.g. --no-figures)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="progress bar over sampler steps (default: when stderr is a terminal)")
+                     help="progress bar over sampler steps (default: when stderr is a terminal; e.g. --progress in a SLURM log)")
     return p
 
 
@@ -81,10 +83,6 @@ def main(argv=None) -> int:
     # imported here so that --help and argument errors answer at once
     from lightning_modules.inference import InputError, run_inference
 
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # Lightning's own deprecation notice about torch's pytree API: nothing a user of this script can act on
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     try:
         run_inference(**vars(args))
     except InputError as e:
@@ -96,5 +94,14 @@ def main(argv=None) -> int:
     return 0
 
 
+def _quiet_lightning() -> None:
+    """Only for the command line (tests calling ``main`` keep their process's logging as it is)."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Lightning's own deprecation notice about torch's pytree API: nothing a user of this script can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 if __name__ == "__main__":
+    _quiet_lightning()
     sys.exit(main())

@@ -8,6 +8,7 @@ runs as a real subprocess to check the exit status and stderr.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -30,8 +31,9 @@ from lightning_modules.ucos import UCoSModule
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "sample.py"
-sys.path.insert(0, str(REPO / "scripts"))
-import sample  # noqa: E402  (the script module: main(argv) in-process)
+_spec = importlib.util.spec_from_file_location("diffpost_sample_script", SCRIPT)
+sample = importlib.util.module_from_spec(_spec)  # the script as a module: main(argv) in-process
+_spec.loader.exec_module(sample)
 
 N_MEAS, N_SAMPLES, STEPS, SIGMA_Y = 5, 3, 3, 0.05
 
@@ -65,18 +67,22 @@ def art(tmp_path_factory) -> dict[str, Path]:
     paths["meas"] = Path(dm.export_measurements(str(d / "meas.pt"), n=N_MEAS))
     paths["meas_other_op"] = Path(_datamodule(CT((1, 16, 16), n_angles=6)).export_measurements(str(d / "other_op.pt"), n=2))
     paths["meas_other_sigma"] = Path(_datamodule(op, 0.1).export_measurements(str(d / "other_sigma.pt"), n=2))
-    config = {"data": {"class_path": "datamodules.InverseProblemDataModule", "init_args": {
+    # the configs/ layout: a bare DataModule spec (here with another task) and a task file on top
+    data = {"class_path": "datamodules.InverseProblemDataModule", "init_args": {
         "images": {"class_path": "datamodules.Ellipses", "init_args": {"size": 16, "length": 40}},
-        "operator": {"class_path": "diffpost.operators.ct.CT", "init_args": {"shape": [1, 16, 16], "n_angles": 8}},
-        "sigma_y": SIGMA_Y, "n_val": 2, "n_test": 8}}}
-    paths["config"] = d / "data.yaml"
-    paths["config"].write_text(yaml.safe_dump(config))
+        "operator": {"class_path": "diffpost.operators.Denoising", "init_args": {"shape": [1, 16, 16]}},
+        "sigma_y": 0.2, "n_val": 2, "n_test": 8}}
+    task = {"init_args": {"operator": {"class_path": "diffpost.operators.CT", "init_args": {"shape": [1, 16, 16], "n_angles": 8}},
+                          "sigma_y": SIGMA_Y}}
+    for name, cfg in (("config", data), ("task", task)):
+        paths[name] = d / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(cfg))
     paths["dir"] = d
     return paths
 
 
 def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=str(REPO))
 
@@ -185,9 +191,24 @@ def test_two_devices_shard_without_loss_or_duplicates(art, ucos_runs):
     _no_leftovers(out.parent, out.name)
 
 
+@pytest.mark.gpu
+def test_gpu_run_reports_cuda_memory(art, ucos_runs):
+    out = art["dir"] / "ucos_gpu"
+    args = [str(a) for a in _ucos_args(art, out, "--no-figures")]
+    args[args.index("--accelerator") + 1] = "gpu"
+    r = run_script(*args)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["cost"]["peak_memory_kind"] == "cuda_max_memory_allocated" and m["cost"]["peak_memory_bytes"] > 0
+    assert m["cost"]["operator_calls"] == {"forward": 0, "adjoint": N_MEAS}
+    # the noise is drawn on CPU generators: only the network's arithmetic (TF32 convolutions) differs
+    cpu = _load(ucos_runs[1], "samples")
+    assert (_load(out, "samples") - cpu).abs().amax() < 0.05 * cpu.abs().amax()
+
+
 def test_dps_with_task_config(art):
     out = art["dir"] / "dps"
-    r = run_script("--checkpoint", art["prior"], "--task", art["config"], "--measurements", art["meas"], "--n", 2,
+    r = run_script("--checkpoint", art["prior"], "--task", art["task"], "--measurements", art["meas"], "--n", 2,
                    "--steps", STEPS, "--n-samples", 2, "--zeta", 0.5, "--accelerator", "cpu", "--no-figures", "--output", out)
     assert r.returncode == 0, r.stderr
     assert _load(out, "samples").shape == (2, 2, 1, 16, 16)
@@ -221,16 +242,36 @@ def test_raw_npy_with_inline_operator_and_progress(art, capsys):
     assert m["settings"]["source"]["kind"] == "raw" and m["settings"]["sampler"] == "euler_maruyama"
 
 
-def test_data_config_source_and_overwrite(art):
+def test_data_config_with_task_layer_reproduces_the_export(art, ucos_runs, capsys):
+    """--data synthesises the same items and noise as the DataModule's export: with the CT task layered
+    over the config's denoising task, the samples equal those of the export run. Without the task
+    layer the config's own task (denoising) does not fit the UCoS model: exit 2. --overwrite replaces."""
     out = art["dir"] / "from_data"
-    common = ["--checkpoint", str(art["ucos"]), "--data", str(art["config"]), "--steps", "2", "--n-samples", "2",
-              "--accelerator", "cpu", "--no-figures", "--output", str(out)]
-    assert sample.main([*common, "--n", "3"]) == 0
-    export = torch.load(art["meas"], weights_only=True)
-    assert torch.equal(_load(out, "index"), export["index"][:3])  # the same test items as the export
-    assert sample.main([*common, "--n", "2", "--overwrite"]) == 0
+    common = ["--checkpoint", str(art["ucos"]), "--data", str(art["config"]), "--steps", str(STEPS), "--n-samples",
+              str(N_SAMPLES), "--accelerator", "cpu", "--no-figures", "--output", str(out)]
+    assert sample.main([*common, "--n", "3"]) == 2
+    assert "Denoising" in capsys.readouterr().err and not out.exists()
+    assert sample.main([*common, "--n", "3", "--task", str(art["task"]), "--batch-size", "2"]) == 0
+    torch.testing.assert_close(_load(out, "samples"), _load(ucos_runs[1], "samples")[:3], rtol=1e-5, atol=1e-5)
+    assert torch.equal(_load(out, "index"), _load(ucos_runs[1], "index")[:3])
+    assert sample.main([*common, "--n", "2", "--task", str(art["task"]), "--overwrite"]) == 0
     assert _load(out, "samples").shape[0] == 2
     _no_leftovers(out.parent, out.name)
+
+
+def test_repository_data_and_task_configs(art, tmp_path):
+    """The layering users run: configs/data/ellipses32.yaml with configs/task/ct_sparse.yaml on top (DPS:
+    a prior checkpoint works for any operator)."""
+    out = tmp_path / "out"
+    assert sample.main(["--checkpoint", str(art["prior"]), "--data", str(REPO / "configs/data/ellipses32.yaml"),
+                        "--task", str(REPO / "configs/task/ct_sparse.yaml"), "--n", "1", "--steps", "1", "--n-samples", "1",
+                        "--accelerator", "cpu", "--no-figures", "--output", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    task = yaml.safe_load((REPO / "configs/task/ct_sparse.yaml").read_text())["init_args"]
+    assert m["task"]["sigma_y"] == task["sigma_y"]
+    assert m["task"]["operator"]["init_args"]["n_angles"] == task["operator"]["init_args"]["n_angles"]
+    assert m["cost"]["operator_calls"]["forward"] == 1
+    assert _load(out, "samples").shape == (1, 1, *task["operator"]["init_args"]["shape"])
 
 
 # ----------------------------------------------------------------------------------- bad input
@@ -262,6 +303,14 @@ def _wrong_shape_npy(art) -> Path:
     return p
 
 
+def _wrong_shape_export(art) -> Path:
+    p = art["dir"] / "wrong_shape_export.pt"
+    d = torch.load(art["meas"], weights_only=True)
+    d["y"] = d["y"][..., :22].contiguous()
+    torch.save(d, p)
+    return p
+
+
 RAW_TASK = ["--operator", '{"class_path": "diffpost.operators.ct.CT", "init_args": {"shape": [1, 16, 16], "n_angles": 8}}',
             "--sigma-y", str(SIGMA_Y)]
 BAD_CASES = {
@@ -269,6 +318,7 @@ BAD_CASES = {
     "other operator": (lambda a: a["meas_other_op"], [], ["trained for", "CT"]),
     "other sigma_y": (lambda a: a["meas_other_sigma"], [], ["sigma_y = 0.05", "sigma_y = 0.1"]),
     "wrong shape": (_wrong_shape_npy, RAW_TASK, ["shape", "(2, 1, 8, 22)"]),
+    "wrong shape in export": (_wrong_shape_export, [], ["'y' has shape (5, 1, 8, 22)"]),
     "NaN in export": (_nan_export, [], ["non-finite"]),
     "Inf in raw": (_inf_npy, RAW_TASK, ["non-finite"]),
     "corrupt file": (_corrupt, [], ["corrupt"]),
@@ -315,6 +365,15 @@ def test_existing_results_are_kept_without_overwrite(art, capsys, tmp_path):
     assert (out / "samples.pt").read_bytes() == b"earlier results"
 
 
+def test_failure_while_sampling_leaves_nothing(art, capsys, tmp_path):
+    """DPS with an absurd step size diverges mid-run: exit 1 with a message, the temporary folder removed."""
+    out = tmp_path / "deep" / "out"  # missing parents are created for the run and removed again
+    code = sample.main(["--checkpoint", str(art["prior"]), "--measurements", str(art["meas"]), "--n", "1", "--steps", "3",
+                        "--n-samples", "1", "--zeta", "1e30", "--accelerator", "cpu", "--output", str(out)])
+    assert code == 1 and "diverged" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_input_subprocess_exit_status(art, tmp_path):
     """The real process: exit status 2, one line on stderr, nothing written."""
     out = tmp_path / "out"
@@ -323,6 +382,15 @@ def test_bad_input_subprocess_exit_status(art, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sample.py: error: this UCoS model was trained for"), r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_help_documents_every_option_with_an_example():
+    parser = sample.build_parser()
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in options} >= {"checkpoint", "method", "task", "measurements", "data", "operator", "sigma_y", "split",
+                                         "n", "sampler", "steps", "n_samples", "batch_size", "seed", "zeta", "devices",
+                                         "accelerator", "output", "overwrite"}
+    assert [a.option_strings[0] for a in options if "e.g." not in (a.help or "")] == []
 
 
 # ----------------------------------------------------------------------------------- sharding
