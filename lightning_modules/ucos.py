@@ -13,14 +13,18 @@ from diffpost.image_quality import psnr
 from diffpost.operators import LinearOperator
 from diffpost.random import per_sample_generators, randn, seed_for
 from diffpost.samplers import CountingDenoiser
-from diffpost.schedules import EDMTrainingDensity, edm_loss_weight, karras_sigmas
+from diffpost.schedules import EDMTrainingDensity, FourierCovariance, edm_loss_weight, karras_sigmas
 from diffpost.ucos import (
+    DenseNoisePreconditioner,
     DensePreconditioner,
+    FourierNoisePreconditioner,
     RandomizedSVDPreconditioner,
     SpectralPreconditioner,
     UCoSDenoiser,
     auxiliary_sample,
+    covariance_noise,
     default_preconditioner,
+    function_space_preconditioner,
     information_offset,
     posterior_denoiser,
 )
@@ -40,6 +44,10 @@ class UCoSModule(DiffpostModule):
     ``operator`` and ``sigma_y`` are linked from the DataModule by the CLI (one place in the config).
     The checkpoint records the operator's spec and fingerprint, σ_y and the preconditioner factors;
     sampling with another operator or σ_y raises ``OperatorMismatchError``.
+
+    ``noise_tau`` (with ``noise_s``) switches on function-space UCoS (METHODS §3.4): diffusion noise
+    ``N(0, C)``, ``C = FourierCovariance(x_shape, noise_tau, noise_s)``, in the auxiliary variable, the
+    preconditioner, the network input ``x/σ² + C b`` and the sampler; ``None`` (default) is white noise.
     """
 
     def __init__(
@@ -65,13 +73,18 @@ class UCoSModule(DiffpostModule):
         num_steps: int = 20,
         seed: int = 0,
         compile: bool = False,
+        noise_tau: float | None = None,
+        noise_s: float = 2.0,
     ):
         super().__init__()
         if not (sigma_y > 0 and math.isfinite(sigma_y)):
             raise ValueError(f"UCoSModule: sigma_y must be positive and finite, got {sigma_y}")
         self._save_config({"net": net, "operator": operator})
         self.operator = operator
-        precond = {
+        # function space (METHODS §3.4): noise_tau set → diffusion noise N(0, C), C = FourierCovariance(τ, s)
+        # of unit pointwise variance; None keeps white noise
+        self.noise_cov = None if noise_tau is None else FourierCovariance(operator.x_shape, noise_tau, noise_s)
+        precond = self._function_space_preconditioner(preconditioner, rho0) if self.noise_cov is not None else {
             "auto": lambda: default_preconditioner(operator, sigma_y, rho0),
             "spectral": lambda: SpectralPreconditioner(operator, sigma_y, rho0),
             "dense": lambda: DensePreconditioner(operator, sigma_y, rho0),
@@ -82,6 +95,18 @@ class UCoSModule(DiffpostModule):
                                           sigma_min=sigma_min, sigma_max=sigma_max)
         self.val_mmse_psnr, self.val_tikhonov_psnr = MeanMetric(), MeanMetric()
 
+    def _function_space_preconditioner(self, kind: str, rho0: float):
+        """``G_σ = ((σ⁻² + ρ0) I + C S/σ_y²)⁻¹`` (diffpost.ucos.function_space), the same in training and sampling."""
+        op, sy, C = self.operator, float(self.hparams.sigma_y), self.noise_cov
+        if kind == "auto":
+            return function_space_preconditioner(op, sy, C, rho0)
+        if kind == "spectral":
+            return FourierNoisePreconditioner(op, sy, C, rho0)
+        if kind == "dense":
+            return DenseNoisePreconditioner(op, sy, C, rho0)
+        raise ValueError(f"UCoSModule: preconditioner={kind!r} has no function-space version; "
+                         "use 'auto', 'spectral' or 'dense' with noise_tau")
+
     # ------------------------------------------------------------------ identity of the task
     @property
     def sigma_y(self) -> float:
@@ -90,7 +115,8 @@ class UCoSModule(DiffpostModule):
     def task_fingerprint(self) -> dict[str, Any]:
         return {"operator_fingerprint": self.operator.fingerprint(), "sigma_y": self.sigma_y,
                 "preconditioner_fingerprint": self.aux.preconditioner.fingerprint(),
-                "operator": self.hparams.operator}
+                "operator": self.hparams.operator,
+                **({} if self.noise_cov is None else {"noise_cov": self.noise_cov.config()})}
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return self.task_fingerprint()
@@ -113,7 +139,7 @@ class UCoSModule(DiffpostModule):
 
     def ucos_loss(self, x0: torch.Tensor, sigma: torch.Tensor, generator) -> torch.Tensor:
         """Per-sample ``λ(σ)‖D_θ(Ỹ_σ, σ) − x0‖²`` (pixel mean); one ``A`` and one ``Aᵀ`` per image."""
-        z = auxiliary_sample(x0, sigma, self.operator, self.sigma_y, generator)
+        z = auxiliary_sample(x0, sigma, self.operator, self.sigma_y, generator, noise_cov=self.noise_cov)
         err = ((self.aux(z, sigma) - x0) ** 2).flatten(1).mean(1)
         return edm_loss_weight(sigma, self.hparams.sigma_data) * err
 
@@ -127,12 +153,12 @@ class UCoSModule(DiffpostModule):
 
     def mmse(self, y: torch.Tensor) -> torch.Tensor:
         """One network call: ``D_θ(b, σ_max) ≈ E[x0 | y]`` (the instant reconstruction, METHODS §3.1)."""
-        b = information_offset(y, self.operator, self.sigma_y)
+        b = information_offset(y, self.operator, self.sigma_y, noise_cov=self.noise_cov)
         return self.aux(b, torch.full((y.shape[0],), self.hparams.sigma_max, dtype=b.dtype, device=b.device))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         x0, y = batch["x"], batch["y"]
-        b = information_offset(y, self.operator, self.sigma_y)
+        b = information_offset(y, self.operator, self.sigma_y, noise_cov=self.noise_cov)
         smax = torch.full((y.shape[0],), self.hparams.sigma_max, dtype=b.dtype, device=b.device)
         self.val_mmse_psnr.update(psnr(self.aux(b, smax), x0))
         # the input estimate alone (σ → ∞ limit of G_σ b): the baseline the network must beat
@@ -165,14 +191,17 @@ class UCoSModule(DiffpostModule):
         dtype = next(self.aux.net.parameters()).dtype
         y = y.to(device=self.device, dtype=dtype)
         calls_before = dict(op.counts)
-        b = information_offset(y, op, self.sigma_y)  # the only operator use
+        b = information_offset(y, op, self.sigma_y, noise_cov=self.noise_cov)  # the only operator use
         b = b.repeat_interleave(n_samples, 0)
         gens = per_sample_generators([seed_for(seed, _POSTERIOR_STREAM, int(i), s) for i in index for s in range(n_samples)])
         sigmas = karras_sigmas(num_steps or self.hparams.num_steps, self.hparams.sigma_min, self.hparams.sigma_max,
                                self.hparams.rho, dtype=dtype, device=self.device)
         x = sigmas[0] * randn(b.shape, gens, dtype=dtype, device=self.device)
+        noise = None
+        if self.noise_cov is not None:  # chain starts at σ_max C^½ n and the sampler injects N(0, C) noise
+            x, noise = self.noise_cov.sqrt_apply(x), covariance_noise(self.noise_cov)
         den = CountingDenoiser(posterior_denoiser(self.aux, b))
-        out = run_sampler(sampler or self.hparams.sampler, den, x, sigmas, generator=gens, callback=callback, churn=churn)
+        out = run_sampler(sampler or self.hparams.sampler, den, x, sigmas, generator=gens, noise=noise, callback=callback, churn=churn)
         samples = out.reshape(B, n_samples, *op.x_shape)
         calls = {k: op.counts[k] - calls_before.get(k, 0) for k in ("forward", "adjoint")}
         return {"samples": samples, "mean": samples.mean(1), "std": samples.std(1) if n_samples > 1 else torch.zeros_like(samples[:, 0]),

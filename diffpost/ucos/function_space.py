@@ -19,7 +19,9 @@ training input has exactly the law of the sampling input (``information.auxiliar
 pointwise variance because ``C`` is trace class). ``D_post(x, σ) = D_θ(x/σ² + C b, σ)`` is
 ``E[x0 | x_σ = x, y]`` under noise covariance ``C``; Tweedie reads ``C ∇log p_σ(x | y) = (D_post − x)/σ²``,
 so every σ-space sampler runs unchanged once its injected noise is drawn from ``N(0, C)``
-(``covariance_noise``) and the chain starts at ``σ_max C^½ n``.
+(``covariance_noise``) and the chain starts at ``σ_max C^½ n``. That start ignores the data; in Hartley
+direction ``k`` its error is about ``|μ_k|/(σ_max √c_k)`` standard deviations, small only for data whose
+mean lies in the Cameron–Martin space of ``C`` (smooth fields; a rough, white-noise-like mean is remembered).
 
 Gaussian oracle (``x0 ~ N(μ, Σ)``): ``D*(z, σ) = (Σ⁻¹ + P_σ)⁻¹(Σ⁻¹μ + C⁻¹z)``. With
 ``M_σ = σ⁻² I + C S/σ_y²`` (so ``P_σ = C⁻¹M_σ``) and ``N_σ = C + M_σ Σ`` one has
@@ -110,12 +112,14 @@ class FunctionSpaceGaussianDenoiser:
     def __init__(self, prior: AnalyticPrior, operator: LinearOperator, sigma_y: float,
                  noise_cov: NoiseCovariance | None = None):
         if not isinstance(prior, (SpectralGaussian, GaussianPrior)):
-            raise TypeError(f"FunctionSpaceGaussianDenoiser: prior must be a SpectralGaussian or GaussianPrior, got {type(prior).__name__}")
+            raise TypeError("FunctionSpaceGaussianDenoiser: prior must be a SpectralGaussian or GaussianPrior, "
+                            f"got {type(prior).__name__}")
         if tuple(prior.shape) != tuple(operator.x_shape):
             raise ValueError(f"FunctionSpaceGaussianDenoiser: prior shape {prior.shape} != operator x_shape {operator.x_shape}")
         if not (math.isfinite(sigma_y) and sigma_y > 0):
             raise ValueError(f"FunctionSpaceGaussianDenoiser: sigma_y must be positive and finite, got {sigma_y}")
-        cov = IdentityCovariance(operator.x_shape) if noise_cov is None else _check_cov(noise_cov, operator.x_shape, "FunctionSpaceGaussianDenoiser")
+        cov = (IdentityCovariance(operator.x_shape) if noise_cov is None
+               else _check_cov(noise_cov, operator.x_shape, "FunctionSpaceGaussianDenoiser"))
         self.x_shape, self.sigma_y = tuple(operator.x_shape), float(sigma_y)
         self.spectral = isinstance(prior, SpectralGaussian) and _is_hartley(operator)
         if self.spectral:
@@ -200,7 +204,8 @@ class DenseNoisePreconditioner(Preconditioner):
         super().__init__(operator.x_shape, sigma_y, rho0)
         d = operator.x_dim
         if d > max_dim:
-            raise ValueError(f"DenseNoisePreconditioner: d = {d} > {max_dim}; a Hartley-diagonal operator can use FourierNoisePreconditioner")
+            raise ValueError(f"DenseNoisePreconditioner: d = {d} > {max_dim}; "
+                             "a Hartley-diagonal operator can use FourierNoisePreconditioner")
         cov = _check_cov(noise_cov, operator.x_shape, "DenseNoisePreconditioner")
         A = operator.to_dense(dtype=torch.float64).cpu()
         S = A.T @ A
