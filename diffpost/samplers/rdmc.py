@@ -25,12 +25,20 @@ Inner estimate of ``x̄0 = E_{q_s}[x0 | Y]`` at each outer step:
 
 Output: rdMC stops at forward time ``early_stop = δ``, where ``Y ~ p_δ ≠ π`` (variance inflated by
 ``≈ 2δ``, a large relative error for narrow posteriors). With ``final_sample`` (default) the returned
-point is one draw from ``q_δ(· | Y)``, which has law ``π`` exactly when ``Y ~ p_δ``: the last ULA state of
-the first chain, one particle resampled by its IS weight, or the target's exact ``regularised_sample``.
+point is one draw from ``q_δ(· | Y)``, which has law ``π`` exactly when ``Y ~ p_δ``: the last state of one
+ULA chain, one particle resampled by its IS weight, or the target's exact ``regularised_sample``.
 
-Randomness: every draw is made per sample (one ``(…)`` block per sample and step), so with one
-generator per sample the samples do not depend on the batch size. Errors: any non-finite density,
-gradient, mean or state raises ``SamplerDivergedError`` naming the outer (and inner) step.
+Randomness: ``generator`` is None, one generator, or one per sample; every draw is one block per
+sample whose size depends only on per-sample settings, so with per-sample generators the samples do
+not depend on the batch size. Errors: any non-finite density, gradient, mean or state raises
+``SamplerDivergedError`` naming the outer (and inner) step.
+
+Accuracy notes (measured, see tests/test_rdmc.py): the outer scheme is first order in η; with the
+default 25 uniform steps a Gaussian posterior of variance 0.2–0.6 comes out with ~20% covariance error
+even with exact inner means (200 steps: < 1%). T = 2 leaves ``p_T`` visibly different from N(0, I) for
+targets far from the origin (four modes at radius 8: 0.05 mass error with exact means; T = 3: 0.02).
+IS needs the proposal ``N(e^s Y, (e^{2s} − 1) I)`` to overlap the target: fine for broad, low-dimensional
+targets, hopeless for narrow posteriors in a few dimensions at large s.
 """
 from __future__ import annotations
 
@@ -50,8 +58,9 @@ from diffpost.targets.base import EvalCounter, Target
 __all__ = ["rdmc", "rdmc_score_prior", "rdmc_time_grid", "regularised_mean_estimate", "SamplerDivergedError"]
 
 #: ULA inner step = this / (L + e^{−2s}/(1 − e^{−2s})): stable (< 2/L_q), and ULA's stationary variance
-#: inflation 1/(1 − hλ/2) stays ≤ 4/3 even in the stiffest direction
-ULA_STEP_FRACTION = 0.5
+#: inflation 1/(1 − hλ/2) stays ≤ 8/7 even in the stiffest direction, which matters for the final draw
+#: (0.5 gave 2.8% covariance error on a d = 4 Gaussian where an exact draw gave 1.2%; 0.25 gave 1.7%)
+ULA_STEP_FRACTION = 0.25
 
 Inner = Literal["auto", "ula", "is", "exact"]
 
@@ -79,7 +88,7 @@ class _Inner:
     def __init__(self, target: EvalCounter, n: int, generator: GeneratorLike, *, n_chains: int, n_is: int, ula_steps: int,
                  ula_step: float | None, lipschitz: float | None, exact_mean: Callable | None):
         self.target, self.n, self.generator = target, n, generator
-        self.d, self.dtype = target.dim, target.dtype
+        self.d = target.dim
         self.n_chains, self.n_is, self.ula_steps = n_chains, n_is, ula_steps
         self.ula_step, self.lipschitz, self.exact_mean = ula_step, lipschitz, exact_mean
 
@@ -95,22 +104,25 @@ class _Inner:
         return math.exp(s) * Y[:, None, :] + math.sqrt(math.expm1(2 * s)) * xi
 
     def ula(self, Y: torch.Tensor, s: float, where: str, want_sample: bool):
+        # a draw needs one chain's last state, a mean all chains
+        m = 1 if want_sample else self.n_chains
         h = self.step_size(s)
-        z = self._proposal(Y, s, self.n_chains)
+        z = self._proposal(Y, s, m)
         es, v = math.exp(-s), -math.expm1(-2 * s)
-        noise = NoiseStream(self.generator, self.n, (self.n_chains, self.d), Y.dtype, Y.device, n_calls=self.ula_steps)
+        noise = NoiseStream(self.generator, self.n, (m, self.d), Y.dtype, Y.device, n_calls=self.ula_steps)
         burn = self.ula_steps // 2
         acc = torch.zeros_like(z)
         scale = math.sqrt(2 * h)
         for j in range(self.ula_steps):
+            at = f"{where}, inner ULA step {j} (step size {h:.3g})"
             g = self.target.grad_log_prob(z.reshape(-1, self.d)).reshape(z.shape)
-            check_finite(g, "the gradient of log π", f"{where}, inner ULA step {j}")
+            check_finite(g, "the gradient of log π", at)
             g = g + es * (Y[:, None, :] - es * z) / v
             z = z + h * g + scale * noise()
-            check_finite(z, "the inner ULA state", f"{where}, inner ULA step {j} (step size {h:.3g})")
+            check_finite(z, "the inner ULA state", at)
             if j >= burn:
                 acc += z
-        mean = acc.sum(1) / ((self.ula_steps - burn) * self.n_chains)
+        mean = acc.sum(1) / ((self.ula_steps - burn) * m)
         return mean, (z[:, 0] if want_sample else None), {"ula_step": h}
 
     def importance(self, Y: torch.Tensor, s: float, where: str, want_sample: bool):

@@ -106,7 +106,9 @@ class GaussianMixture(Target):
         ``log w_k + log N(x; μ_k, Σ_k + extra I)`` ``(B, K)``."""
         w, mu, lam, Q = self._params(x)
         var = lam + extra_var
-        u = torch.einsum("bkd,kde->bke", x[:, None, :] - mu[None], Q)
+        K, d = mu.shape
+        # Qᵀ(x − μ) for all components as one matrix product (cheaper than broadcasting x − μ_k)
+        u = (x @ Q.transpose(0, 1).reshape(d, K * d)).reshape(-1, K, d) - torch.einsum("kd,kde->ke", mu, Q)
         logc = -0.5 * ((u**2) / var).sum(-1) - 0.5 * torch.log(var).sum(-1) - 0.5 * self.dim * _LOG_2PI
         return u, var, logc + torch.log(w)
 
@@ -122,7 +124,8 @@ class GaussianMixture(Target):
         r = torch.exp(logc - lp[:, None])
         Q = self._params(x)[3]
         # ∇ log Σ_k w_k N_k = −Σ_k r_k Σ_k⁻¹ (x − μ_k), with Σ_k⁻¹ = Q diag(1/λ) Qᵀ
-        g = -torch.einsum("bk,bke,kde->bd", r, u / var, Q)
+        K, d = self.means.shape
+        g = -((r[:, :, None] * u / var).reshape(-1, K * d) @ Q.transpose(1, 2).reshape(K * d, d))
         return lp, g
 
     def grad_log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,11 +139,17 @@ class GaussianMixture(Target):
         u = rand((B, 1), generator, dtype=logits.dtype, device=logits.device)
         return torch.clamp((u > cdf).sum(1), max=self.n_components - 1)
 
+    def _gaussian_draw(self, centres: torch.Tensor, std: torch.Tensor, Q: torch.Tensor, k: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """``centres[b, k_b] + Q_{k_b}(std_{k_b} ⊙ ξ_b)``; ``centres`` ``(B, K, d)``, ``std`` ``(K, d)``.
+        Rotates ξ by every component's basis (``(B, K, d)``) instead of gathering ``(B, d, d)`` bases."""
+        z = centres + torch.einsum("kde,bke->bkd", Q, xi[:, None, :] * std[None])
+        return z[torch.arange(xi.shape[0], device=xi.device), k]
+
     def sample(self, n: int, generator: GeneratorLike = None) -> torch.Tensor:
         w, mu, lam, Q = self.weights, self.means, self.eigvals, self.eigvecs
         k = self._draw(torch.log(w).expand(n, -1), generator)
         xi = randn((n, self.dim), generator, dtype=self.dtype)
-        return mu[k] + torch.einsum("bde,be->bd", Q[k], lam[k].sqrt() * xi)
+        return self._gaussian_draw(mu[None].expand(n, -1, -1), lam.sqrt(), Q, k, xi)
 
     def _regularised(self, x: torch.Tensor, s: float):
         """Component means ``(B, K, d)``, eigen-variances ``(K, d)`` and log-weights ``(B, K)`` of ``q_s``."""
@@ -161,11 +170,9 @@ class GaussianMixture(Target):
 
     def regularised_sample(self, x: torch.Tensor, s: float, generator: GeneratorLike = None) -> torch.Tensor:
         means, post_var, logw = self._regularised(x, s)
-        Q = self._params(x)[3]
         k = self._draw(logw, generator)
         xi = randn(x.shape, generator, dtype=x.dtype, device=x.device)
-        rows = torch.arange(x.shape[0], device=x.device)
-        return means[rows, k] + torch.einsum("bde,be->bd", Q[k], post_var[k].sqrt() * xi)
+        return self._gaussian_draw(means, post_var.sqrt(), self._params(x)[3], k, xi)
 
 
 # --------------------------------------------------------------------------- posteriors
@@ -195,7 +202,7 @@ class GMMPosterior(Target):
     def __init__(self, prior, operator: LinearOperator, y: torch.Tensor, sigma_y: float):
         if not isinstance(operator, LinearOperator):
             raise TypeError(f"{type(self).__name__}: operator must be a LinearOperator, got {type(operator).__name__}")
-        if not callable(getattr(prior, "posterior", None)) or not callable(getattr(prior, "log_evidence", None)):
+        if not all(callable(getattr(prior, a, None)) for a in ("posterior", "log_evidence", "log_prob", "to")):
             raise TypeError(f"{type(self).__name__}: prior must be a diffpost.priors prior, got {type(prior).__name__}")
         if not (isinstance(sigma_y, (int, float)) and math.isfinite(sigma_y) and sigma_y > 0):
             raise ValueError(f"{type(self).__name__}: sigma_y must be a positive finite number, got {sigma_y}")
