@@ -30,7 +30,7 @@ class ImageLogger(pl.Callback):
     i.e. priors) unconditional samples.
 
     Runs on rank 0 only, at the first validation batch (so the EMA weights are the ones shown). W&B
-    and TensorBoard loggers get the image; otherwise a PNG goes to ``<log_dir>/images/``. Skipped
+    and TensorBoard loggers get the image, and a PNG always goes to ``<log_dir>/images/``. Skipped
     under ``fast_dev_run`` (Lightning disables loggers there). A ``PosteriorSampling`` reconstructor
     shows posterior means; it then samples ``n_images`` measurements on rank 0.
     """
@@ -45,6 +45,11 @@ class ImageLogger(pl.Callback):
         self.n_images, self.every_n_epochs = n_images, every_n_epochs
         self.reconstructor = reconstructor if reconstructor is not None else Tikhonov()
         self.log_samples, self.sample_steps = log_samples, sample_steps
+        self.image_dir: str | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # trainer.log_dir broadcasts from rank 0 (a collective): ask on every rank here, never on rank 0 alone
+        self.image_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "images")
 
     def make_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
         """The ``(3, H', W')`` grid in [0, 1]."""
@@ -70,17 +75,17 @@ class ImageLogger(pl.Callback):
             return
         self.log_grid(trainer, self.make_grid(trainer, pl_module))
 
-    def log_grid(self, trainer: pl.Trainer, grid: torch.Tensor) -> None:
+    def log_grid(self, trainer: pl.Trainer, grid: torch.Tensor) -> str:
+        """Send ``grid`` to the W&B/TensorBoard loggers and save it as a PNG in ``<log_dir>/images/``
+        (kept locally whatever the loggers; small). Returns the PNG's path."""
         key, step = "val/images", trainer.global_step
-        logged = False
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=key, images=[grid], step=step, caption=[self.CAPTION])
-                logged = True
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(key, grid, global_step=step)
-                logged = True
-        if not logged:
-            out = os.path.join(trainer.log_dir or trainer.default_root_dir, "images")
-            os.makedirs(out, exist_ok=True)
-            save_image(grid, os.path.join(out, f"epoch{trainer.current_epoch:04d}_step{step:07d}.png"))
+        out = self.image_dir or os.path.join(trainer.default_root_dir, "images")
+        os.makedirs(out, exist_ok=True)
+        path = os.path.join(out, f"epoch{trainer.current_epoch:04d}_step{step:07d}.png")
+        save_image(grid, path)
+        return path

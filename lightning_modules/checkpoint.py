@@ -33,17 +33,22 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"checkpoint not found: {p}")
     if not p.is_file():
         raise CheckpointError(f"checkpoint path is not a file: {p}")
+    corrupt = f"cannot read checkpoint {p}: the file is corrupt or not a PyTorch checkpoint"
+    if not zipfile.is_zipfile(p):  # torch.save (and Lightning) write zip archives; a truncated one is not
+        raise CheckpointError(f"{corrupt} (not a complete zip archive: truncated or overwritten?)")
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
+        detail = next((ln for ln in lines if "Unsupported global" in ln or "GLOBAL" in ln), None)
+        if detail is None:
+            raise CheckpointError(f"{corrupt} ({lines[0] if lines else e})") from None
         raise CheckpointError(
             f"refusing to load {p}: it contains pickled Python objects that are not plain tensors or types "
             f"(only weights_only checkpoints are accepted). Detail: {detail}"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"cannot read checkpoint {p}: the file is corrupt or not a PyTorch checkpoint ({e})") from None
+        raise CheckpointError(f"{corrupt} ({e})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p} does not hold a checkpoint dictionary (got {type(obj).__name__})")
     return obj

@@ -27,6 +27,7 @@ from diffpost.samplers.dds import (
     pis_discretisation,
     simulate,
 )
+from diffpost.targets.base import Target
 from lightning_modules.base import DiffpostModule
 
 _TRAIN_STREAM, _VAL_STREAM, _PREDICT_STREAM = 0, 1, 2
@@ -113,8 +114,17 @@ class DiffusionSamplerBase(DiffpostModule):
 
     # ------------------------------------------------------------------ simulation
     def simulate(self, n: int, generator, keep_path: bool = False) -> Paths:
-        return simulate(self.control, self.target, self.disc, n, generator=generator, dtype=self.dtype,
+        return simulate(self.control, self._target_on_device(), self.disc, n, generator=generator, dtype=self.dtype,
                         device=self.device, keep_path=keep_path)
+
+    def _target_on_device(self) -> Any:
+        """The target with its tensors on the module's device. ``.to(device)`` moves parameters and
+        buffers only; a ``diffpost.targets.Target`` is a plain object, so it is moved (copied) here,
+        once per device change (its spec in the hyper-parameters is unchanged)."""
+        t = self.target
+        if isinstance(t, Target) and t.device != self.device:
+            object.__setattr__(self, "target", t.to(self.device))
+        return self.target
 
     def log_weights(self, paths: Paths) -> torch.Tensor:
         """Importance log-weights ``log w`` with ``E[w] = Z``; DDS/PIS: ``−(C + S + G)``."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import struct
 from contextlib import redirect_stdout
@@ -33,7 +32,8 @@ BASE = CONFIGS / "experiments" / "quickstart_prior.yaml"
 FLAG = {"model": "--model", "data": "--data", "task": "--data", "trainer": "--trainer",
         "logger": "--trainer.logger", "callbacks": "--trainer.callbacks"}
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto",
-       "--trainer.precision=32-true", "--trainer.benchmark=false", "--model.init_args.compile=false"]
+       "--trainer.precision=32-true", "--trainer.benchmark=false"]
+NO_COMPILE = ["--model.init_args.compile=false"]  # for ScorePriorModule (torch.compile is a GPU setting here)
 SMALL = ["--data.init_args.num_workers=0", "--data.init_args.pin_memory=false", "--data.init_args.batch_size=2",
          "--data.init_args.n_val=2", "--data.init_args.n_test=2", "--data.init_args.n_train=4",
          "--trainer.fast_dev_run=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -107,7 +107,7 @@ def test_config_tree_is_complete():
 
 @pytest.mark.parametrize("path", experiment_files(), ids=_id)
 def test_experiment_runs_alone(path, fake_data):
-    cli = run_cli(["fit", "--config", str(path), *CPU, *SMALL])
+    cli = run_cli(["fit", "--config", str(path), *CPU, *NO_COMPILE, *SMALL])
     assert cli.trainer.global_step == 1
     assert "val/denoise_psnr_sigma0.2" in cli.trainer.callback_metrics
 
@@ -127,7 +127,7 @@ def test_concern_file_layers_onto_the_base(path, fake_data):
         # the base network (3 levels) fits every size here; it needs the data's channel count
         c = yaml.safe_load(path.read_text())["init_args"]["operator"]["init_args"]["shape"][0]
         extra = [f"--model.init_args.net.init_args.in_channels={c}", f"--model.init_args.net.init_args.out_channels={c}"]
-    cli = run_cli([*args, *extra, *CPU, *SMALL])
+    cli = run_cli([*args, *extra, *CPU, *NO_COMPILE, *SMALL])
     assert cli.trainer.global_step == 1
     # the layered file took effect
     section = yaml.safe_load(path.read_text())
@@ -156,7 +156,7 @@ def test_print_config_shows_the_resolved_layers(fake_data):
 
 def test_sweep_style_dotted_overrides(fake_data):
     """W&B sweep agents pass ``--key=value``: they reach the nested init args."""
-    cli = run_cli(["fit", "--config", str(BASE), *CPU, *SMALL, "--model.init_args.lr=0.0005",
+    cli = run_cli(["fit", "--config", str(BASE), *CPU, *NO_COMPILE, *SMALL, "--model.init_args.lr=0.0005",
                    "--model.init_args.net.init_args.base_channels=8"])
     assert cli.model.hparams.lr == 0.0005
     assert cli.model.hparams.net["init_args"]["base_channels"] == 8
@@ -222,6 +222,5 @@ def test_explicit_equal_task_arguments_are_accepted(fake_data):
 
 
 def test_prior_module_gets_no_task_arguments(fake_data):
-    cli = run_cli(["fit", "--config", str(BASE), "--data", str(CONFIGS / "task" / "ct_sparse.yaml"), *CPU, *SMALL])
+    cli = run_cli(["fit", "--config", str(BASE), "--data", str(CONFIGS / "task" / "ct_sparse.yaml"), *CPU, *NO_COMPILE, *SMALL])
     assert "operator" not in cli.model.hparams and "sigma_y" not in cli.model.hparams
-    assert os.path.exists(fake_data / "config.yaml")  # fast_dev_run: the config lands in the root dir

@@ -4,7 +4,12 @@ regression and a Gaussian-random-field image posterior."""
 from diffpost.targets.base import EvalCounter, Target
 from diffpost.targets.gaussian import GaussianMixture, GMMPosterior, LinearGaussianPosterior, mixture_of
 from diffpost.targets.image import ImagePosterior
-from diffpost.targets.logistic import BayesianLogisticRegression
+from diffpost.targets.logistic import (
+    BayesianLogisticRegression,
+    BreastCancerLogisticRegression,
+    SyntheticLogisticRegression,
+)
+from diffpost.targets.synthetic import SyntheticGMMPosterior, SyntheticImagePosterior, SyntheticLinearGaussianPosterior
 from diffpost.targets.toy import FortyMode2D, FourMode2D, Funnel
 
 __all__ = [
@@ -16,6 +21,11 @@ __all__ = [
     "ImagePosterior",
     "mixture_of",
     "BayesianLogisticRegression",
+    "BreastCancerLogisticRegression",
+    "SyntheticLogisticRegression",
+    "SyntheticGMMPosterior",
+    "SyntheticImagePosterior",
+    "SyntheticLinearGaussianPosterior",
     "FourMode2D",
     "FortyMode2D",
     "Funnel",

@@ -148,7 +148,7 @@ class GaussianMixture(Target):
     def sample(self, n: int, generator: GeneratorLike = None) -> torch.Tensor:
         w, mu, lam, Q = self.weights, self.means, self.eigvals, self.eigvecs
         k = self._draw(torch.log(w).expand(n, -1), generator)
-        xi = randn((n, self.dim), generator, dtype=self.dtype)
+        xi = randn((n, self.dim), generator, dtype=self.dtype, device=mu.device)
         return self._gaussian_draw(mu[None].expand(n, -1, -1), lam.sqrt(), Q, k, xi)
 
     def _regularised(self, x: torch.Tensor, s: float):

@@ -45,25 +45,15 @@ class BayesianLogisticRegression(Target):
 
     @classmethod
     def breast_cancer(cls, prior_std: float = 1.0) -> "BayesianLogisticRegression":
-        """scikit-learn's Wisconsin breast-cancer data (569 × 30), features standardised; ``d = 31``."""
-        from sklearn.datasets import load_breast_cancer  # shipped with scikit-learn, no download
-
-        data = load_breast_cancer()
-        X = torch.as_tensor(data.data, dtype=torch.float64)
-        X = (X - X.mean(0)) / X.std(0, unbiased=False)
-        return cls(X, torch.as_tensor(data.target, dtype=torch.float64), prior_std=prior_std)
+        """scikit-learn's Wisconsin breast-cancer data (569 × 30), features standardised; ``d = 31``.
+        A ``BreastCancerLogisticRegression``: its spec is ``prior_std`` alone, not the data."""
+        return BreastCancerLogisticRegression(prior_std)
 
     @classmethod
     def synthetic(cls, n_data: int = 200, n_features: int = 5, seed: int = 0, prior_std: float = 1.0) -> "BayesianLogisticRegression":
-        """Features ``N(0, I)``, weights (intercept first) drawn from the prior, labels from the model."""
-        g = make_generator(seed)
-        X = randn((n_data, n_features), g, dtype=torch.float64)
-        w = prior_std * randn((n_features + 1,), g, dtype=torch.float64)
-        p = torch.sigmoid(w[0] + X @ w[1:])
-        y = (rand((n_data,), g, dtype=torch.float64) < p).to(torch.float64)
-        target = cls(X, y, prior_std=prior_std)
-        target.true_weights = w
-        return target
+        """Features ``N(0, I)``, weights (intercept first) drawn from the prior, labels from the model.
+        A ``SyntheticLogisticRegression`` (plain-typed spec), with ``true_weights``."""
+        return SyntheticLogisticRegression(n_data, n_features, seed, prior_std)
 
     def _logits(self, w: torch.Tensor) -> torch.Tensor:
         return w @ self.features.to(dtype=w.dtype, device=w.device).T
@@ -85,3 +75,35 @@ class BayesianLogisticRegression(Target):
 
     def grad_log_prob(self, x):
         return self.log_prob_and_grad(x)[1]
+
+
+class BreastCancerLogisticRegression(BayesianLogisticRegression):
+    """Logistic regression on scikit-learn's Wisconsin breast-cancer data (569 × 30, shipped with the
+    package, no download), features standardised, intercept added: ``d = 31``."""
+
+    def __init__(self, prior_std: float = 1.0):
+        from sklearn.datasets import load_breast_cancer
+
+        data = load_breast_cancer()
+        X = torch.as_tensor(data.data, dtype=torch.float64)
+        X = (X - X.mean(0)) / X.std(0, unbiased=False)
+        super().__init__(X, torch.as_tensor(data.target, dtype=torch.float64), prior_std=prior_std)
+
+
+class SyntheticLogisticRegression(BayesianLogisticRegression):
+    """Features ``N(0, I)`` ``(n_data, n_features)``, weights (intercept first) from the prior
+    (``true_weights``), labels from the model; all drawn from ``seed``. ``d = n_features + 1``."""
+
+    def __init__(self, n_data: int = 200, n_features: int = 5, seed: int = 0, prior_std: float = 1.0):
+        if isinstance(n_data, bool) or not isinstance(n_data, int) or n_data < 1 or isinstance(n_features, bool) \
+                or not isinstance(n_features, int) or n_features < 1:
+            raise ValueError(f"SyntheticLogisticRegression: n_data and n_features must be positive integers, got {n_data!r}, {n_features!r}")
+        if not (math.isfinite(prior_std) and prior_std > 0):
+            raise ValueError(f"SyntheticLogisticRegression: prior_std must be positive, got {prior_std}")
+        g = make_generator(seed)
+        X = randn((n_data, n_features), g, dtype=torch.float64)
+        w = prior_std * randn((n_features + 1,), g, dtype=torch.float64)
+        p = torch.sigmoid(w[0] + X @ w[1:])
+        y = (rand((n_data,), g, dtype=torch.float64) < p).to(torch.float64)
+        super().__init__(X, y, prior_std=prior_std)
+        self.true_weights = w
