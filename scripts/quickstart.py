@@ -24,7 +24,11 @@ CONFIG = os.path.join(ROOT, "configs", "experiments", "quickstart_ucos.yaml")
 
 def run(cmd: list[str]) -> None:
     print("$", " ".join(cmd), flush=True)
-    rc = subprocess.call(cmd, cwd=ROOT)
+    # Small 32² networks gain little from intra-op threads, and on a 2-core machine two OpenMP threads
+    # competing with anything else ran 10-16x slower than one (measured); the user's setting wins.
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    rc = subprocess.call(cmd, cwd=ROOT, env=env)
     if rc != 0:
         sys.exit(f"quickstart: step failed with exit code {rc}: {' '.join(cmd)}")
 
