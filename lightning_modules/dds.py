@@ -201,8 +201,9 @@ class DDSModule(DiffusionSamplerBase):
 
     Args:
         target: an object with ``dim``, ``log_prob`` (and optionally ``grad_log_prob``) plus ``config()``
-            or ``Configurable``, or its spec ``{"class_path": ..., "init_args": ...}`` (how checkpoints and
-            YAML configs give it).
+            or ``Configurable`` (any ``diffpost.targets.Target`` whose arguments have plain-typed forms),
+            or its spec ``{"class_path": ..., "init_args": ...}`` (how checkpoints and YAML configs give
+            it). A ``Target`` follows the module to its device on the first simulation.
         kind: ``"dds"`` (OU reference started in ``N(0, σ_r² I)``) or ``"pis"`` (Brownian motion from 0).
         n_steps: number of steps ``K``.
         T, alpha: horizon and ``β_k = min(1, α √Δt_k)`` (DDS; PIS without the cap).

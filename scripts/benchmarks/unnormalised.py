@@ -1,0 +1,571 @@
+"""``python scripts/benchmark.py unnormalised``: samplers of densities known up to a constant (METHODS §6).
+
+Every sampler on every target at a matched budget of evaluations per sample, over several seeds:
+
+- ULA, MALA (per-chain step adaptation in the first half), started at ``N(0, scale² I)``; sample ``i``
+  is the last state of chain ``i``; one evaluation = one gradient (MALA: density and gradient together);
+- rdMC (``inner="auto"``: importance sampling for forward time ``s > 0.3``, ULA chains below), counting
+  every inner density/gradient evaluation;
+- DDS and PIS (``lightning_modules.dds.DDSModule``, trained per target and seed): ``K`` network and
+  ``K`` gradient evaluations plus one density per sample at sampling (``2K + 1 ≤ budget``); training
+  cost (steps × paths × evaluations, seconds) is reported separately; optionally the Schrödinger-bridge
+  refinement (``--bridge``, ``BridgeModule`` warm-started by IPF from scratch);
+- ``exact``: the target's own sampler, the Monte Carlo floor of each metric at this sample size.
+
+Targets: the 2-D four-mode mixture at radius 8 (where ULA misses modes), the 40-mode mixture, Neal's
+funnel (d = 10), a linear-Gaussian posterior (d = 10), a GMM posterior (d = 6, three modes with mass),
+Bayesian logistic regression (d = 6; reference samples from long MALA runs, log Z by importance
+sampling from the Laplace approximation) and a 32² Gaussian-random-field deblurring posterior
+(d = 1024; ULA, MALA, rdMC). Metrics (``diffpost.metrics``): sliced W2 and MMD² against reference
+samples, per-mode mass error (largest over modes, nearest-mode assignment), |log Ẑ − log Z| where the
+method estimates Z, ESS (importance ESS fraction for DDS/PIS/bridge; for ULA/MALA the autocorrelation
+ESS per kept draw of the second half of the chains, smallest over coordinates), the RMS error of the
+sample mean, wall time. A second table repeats ULA/MALA/rdMC on the four-mode target at a large budget
+(25 000 evaluations per sample, the rdMC paper's regime), with rdMC's ULA-only inner loop beside
+(``--high-targets`` adds others).
+
+Prints markdown, writes JSON and a PNG grid of samples over the true density for the 2-D targets.
+
+    python scripts/benchmark.py unnormalised --quick          # a few minutes on 2 CPU cores
+    python scripts/benchmark.py unnormalised                  # default (~20 minutes on a loaded 2-core CPU)
+    python scripts/benchmark.py unnormalised --targets four_mode funnel --samplers ula mala dds --seeds 5
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SAMPLERS = ("exact", "ula", "mala", "rdmc", "dds", "pis", "bridge")
+TARGETS = ("four_mode", "forty_mode", "funnel", "linear_gaussian", "gmm_posterior", "logistic", "image")
+#: samplers whose cost at d = 1024 is out of reach here (training backpropagates through K target gradients)
+IMAGE_SAMPLERS = ("exact", "ula", "mala", "rdmc")
+REFERENCE_SEED = 10_000  # the reference samples do not change with --seeds
+
+
+def _script(name: str):
+    """``scripts/<name>.py`` as a module (sample_target's metric and figure helpers)."""
+    spec = importlib.util.spec_from_file_location(f"_diffpost_script_{name}", ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ================================================================================ targets
+@dataclass
+class Case:
+    """A target with what the samplers need: its length scale (MCMC start ``N(0, scale² I)``, DDS
+    reference ``N(0, scale² I)``), a Langevin step, the number of samples per run."""
+
+    name: str
+    target: Any
+    scale: float
+    step: float
+    n_samples: int
+    samplers: tuple[str, ...]
+    reference: torch.Tensor | None = None
+    ref_log_Z: float | None = None
+    ref_info: dict[str, Any] = field(default_factory=dict)
+
+
+def make_case(name: str, n_samples: int, n_image: int) -> Case:
+    from diffpost.operators import Blur
+    from diffpost.priors import GaussianRandomField
+    from diffpost.targets import (FortyMode2D, FourMode2D, Funnel, SyntheticGMMPosterior, SyntheticImagePosterior,
+                                  SyntheticLinearGaussianPosterior, SyntheticLogisticRegression)
+
+    every = tuple(s for s in SAMPLERS if s != "bridge") + ("bridge",)
+    if name == "four_mode":
+        t = FourMode2D(8.0)
+        return Case(name, t, 8.0, 0.2 / t.lipschitz, n_samples, every)
+    if name == "forty_mode":
+        t = FortyMode2D(seed=0)
+        return Case(name, t, 25.0, 0.2 / t.lipschitz, n_samples, every)
+    if name == "funnel":  # no global Lipschitz constant: the neck (x1 ≈ −6) has curvature e^6 ≈ 400
+        return Case(name, Funnel(10), 2.0, 0.004, n_samples, every)
+    if name == "linear_gaussian":
+        t = SyntheticLinearGaussianPosterior(dim=10, n_obs=5, sigma_y=0.5, seed=0)
+        return Case(name, t, 1.0, 0.2 / t.lipschitz, n_samples, every)
+    if name == "gmm_posterior":
+        t = SyntheticGMMPosterior(dim=6, n_components=4, n_obs=2, sigma_y=0.5, seed=0)
+        return Case(name, t, 4.0, 0.2 / t.lipschitz, n_samples, every)
+    if name == "logistic":
+        t = SyntheticLogisticRegression(n_data=200, n_features=5, seed=0)
+        return Case(name, t, 1.0, 0.2 / t.lipschitz, n_samples, every)
+    if name == "image":
+        t = SyntheticImagePosterior(GaussianRandomField((1, 32, 32), tau=3.0, s=2.0),
+                                    Blur((1, 32, 32), kernel_size=5, blur_sigma=1.0), sigma_y=0.05, seed=0)
+        return Case(name, t, 1.0, 0.2 / t.lipschitz, n_image, IMAGE_SAMPLERS)
+    raise ValueError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+
+
+def prepare_reference(case: Case, n_ref: int) -> None:
+    """Reference samples: exact where the target has a sampler; logistic regression: the last states
+    of long MALA chains, and log Z by importance sampling from the Laplace approximation."""
+    from diffpost.random import make_generator
+
+    t = case.target
+    if t.has("sample"):
+        case.reference = t.sample(n_ref, make_generator(REFERENCE_SEED))
+        case.ref_log_Z = t.log_Z
+        case.ref_info = {"reference": "exact samples", "n": n_ref}
+        return
+    from diffpost.samplers.langevin import mala
+
+    t0 = time.perf_counter()
+    n_burn, n_keep = 1000, 500  # d = 6, adapted steps: mixes in a few hundred steps
+    x, info = mala(t, n_ref, step=case.step, n_steps=n_keep, n_burnin=n_burn, generator=make_generator(REFERENCE_SEED))
+    case.reference = x
+    # log Z: Laplace proposal N(w*, H⁻¹) at the MAP (Newton), 200 000 draws
+    w = x.mean(0, keepdim=True)
+    for _ in range(30):
+        H = torch.autograd.functional.hessian(lambda v: t.log_prob(v[None])[0], w[0])
+        w = w - torch.linalg.solve(H, t.grad_log_prob(w)[0])[None]
+    cov = torch.linalg.inv(-H)
+    cov = 0.5 * (cov + cov.T)
+    prop = torch.distributions.MultivariateNormal(w[0], covariance_matrix=cov)
+    g = make_generator(REFERENCE_SEED + 1)
+    z = w[0] + torch.randn(200_000, t.dim, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    log_w = t.log_prob(z) - prop.log_prob(z)
+    log_Z = float(torch.logsumexp(log_w, 0) - math.log(len(log_w)))
+    wn = torch.softmax(log_w, 0)
+    ess = float(1.0 / (wn**2).sum()) / len(log_w)
+    case.ref_log_Z = log_Z
+    case.ref_info = {"reference": f"MALA, {n_ref} chains x ({n_burn} burn-in + {n_keep}) steps, last states",
+                     "mala_acceptance": info["acceptance"], "log_Z_method": "IS from the Laplace approximation, 200000 draws",
+                     "log_Z_is_ess_fraction": ess, "seconds": time.perf_counter() - t0, "n": n_ref}
+
+
+# ================================================================================ samplers
+@dataclass
+class Run:
+    x: torch.Tensor
+    seconds: float
+    evals: float | None = None  #: target (density or gradient) + network evaluations per sample at sampling
+    log_w: torch.Tensor | None = None
+    ess: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _mcmc_init(case: Case, seed: int):
+    from diffpost.random import make_generator
+
+    g = make_generator(seed)
+    return case.scale * torch.randn(case.n_samples, case.target.dim, generator=g, dtype=torch.float64), g
+
+
+def _chain_ess(chain: torch.Tensor) -> float | None:
+    from diffpost.metrics import autocorrelation_ess
+
+    if chain.shape[0] < 4:
+        return None
+    try:
+        ess = autocorrelation_ess(chain)  # (d,), summed over chains
+    except ValueError:
+        return None
+    return float(ess.min()) / (chain.shape[0] * chain.shape[1])
+
+
+def _thin(n_steps: int) -> int:
+    return max(1, n_steps // 32)
+
+
+def run_ula(case: Case, budget: int, seed: int) -> Run:
+    from diffpost.samplers.langevin import ula
+
+    x0, g = _mcmc_init(case, seed)
+    burn = budget // 2
+    keep = budget - burn
+    t0 = time.perf_counter()
+    x, info = ula(case.target, x0, step=case.step, n_steps=keep, n_burnin=burn, generator=g, thin=_thin(keep),
+                  return_chain=True)
+    secs = time.perf_counter() - t0
+    return Run(x, secs, sum(info["counts_per_sample"].values()), ess=_chain_ess(info["chain"]))
+
+
+def run_mala(case: Case, budget: int, seed: int) -> Run:
+    from diffpost.samplers.langevin import mala
+
+    x0, g = _mcmc_init(case, seed)
+    total = budget - 1  # plus the initial evaluation
+    burn = total // 2
+    keep = total - burn
+    t0 = time.perf_counter()
+    x, info = mala(case.target, x0, step=case.step, n_steps=keep, n_burnin=burn, generator=g, thin=_thin(keep),
+                   return_chain=True)
+    secs = time.perf_counter() - t0
+    # one density-with-gradient evaluation counts once (both come from one pass)
+    return Run(x, secs, info["counts_per_sample"]["grad"], ess=_chain_ess(info["chain"]),
+               extra={"acceptance": info["acceptance"]})
+
+
+def rdmc_settings(budget: int) -> dict[str, int]:
+    """Split ``budget`` over ``n_outer`` outer steps and the final draw: ``b`` evaluations each (IS
+    proposals, or ULA chains × steps)."""
+    n_outer = min(25, max(4, round(math.sqrt(budget) / 2)))
+    b = max(2, budget // (n_outer + 1))
+    steps = max(2, min(100, b // 2))
+    return {"n_outer": n_outer, "n_is_samples": b, "ula_steps": steps, "n_inner_samples": max(1, b // steps)}
+
+
+def run_rdmc(case: Case, budget: int, seed: int, inner: str = "auto") -> Run:
+    from diffpost.random import make_generator
+    from diffpost.samplers.rdmc import rdmc
+
+    cfg = rdmc_settings(budget)
+    if inner == "ula":  # all steps ULA: chains × steps per outer step
+        cfg["n_is_samples"] = cfg["n_inner_samples"]
+    step = None if case.target.lipschitz is not None else case.step
+    t0 = time.perf_counter()
+    x, info = rdmc(case.target, case.n_samples, generator=make_generator(seed), inner=inner, ula_step=step, **cfg)
+    secs = time.perf_counter() - t0
+    return Run(x, secs, info["evals_per_sample"], extra={"settings": cfg})
+
+
+def train_diffusion_sampler(case: Case, kind: str, seed: int, *, n_steps: int, train_steps: int, batch: int,
+                            hidden: int, bridge_phase_steps: int = 0):
+    """A ``DDSModule`` (``kind`` dds/pis) or ``BridgeModule`` fitted on ``case.target``; returns the module
+    and its training cost."""
+    import lightning.pytorch as pl
+
+    from lightning_modules.bridge import BridgeModule
+    from lightning_modules.dds import DDSModule
+
+    alpha = 3.0
+    common = dict(n_steps=n_steps, T=1.0, alpha=alpha, hidden=hidden, batch_size=batch, eval_samples=64, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # network initialisation
+        if kind == "bridge":
+            module = BridgeModule(case.target, sigma_r=case.scale, time_power=2.0, lr=2e-3, n_ipf=1,
+                                  phase_steps=bridge_phase_steps, **common)
+            max_steps = module.total_steps
+        else:
+            # PIS: Brownian motion from 0 with terminal std σ_r α √T = scale
+            sigma_r = case.scale if kind == "dds" else case.scale / alpha
+            module = DDSModule(case.target, kind=kind, sigma_r=sigma_r, time_power=2.0, lr=2e-3, lr_schedule="cosine",
+                               steps_per_epoch=train_steps, **common)
+            max_steps = train_steps
+        trainer = pl.Trainer(max_steps=max_steps, max_epochs=1, accelerator="cpu", devices=1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=None if kind == "bridge" else 1.0)
+        t0 = time.perf_counter()
+        trainer.fit(module)
+        secs = time.perf_counter() - t0
+    per_path = 2 * n_steps + 1  # network + gradient evaluations and the final density of one path
+    cost = {"train_seconds": secs, "train_steps": int(trainer.global_step), "train_paths": int(trainer.global_step) * batch,
+            "train_evals": int(trainer.global_step) * batch * per_path}
+    return module, cost
+
+
+def run_diffusion(case: Case, kind: str, seed: int, budget: int, train_steps: int, batch: int, hidden: int,
+                  bridge_phase_steps: int) -> Run:
+    from diffpost.targets import EvalCounter
+
+    K = max(1, (budget - 1) // 2)
+    if kind == "bridge":
+        K = max(1, (budget - 1) // 3)  # the backward network is evaluated along the path for the weights
+    module, cost = train_diffusion_sampler(case, kind, seed, n_steps=K, train_steps=train_steps, batch=batch,
+                                           hidden=hidden, bridge_phase_steps=bridge_phase_steps)
+    module.eval()
+    counter = EvalCounter(module.target)
+    object.__setattr__(module, "target", counter)
+    rows = {"n": 0}
+    nets = [module.control] + ([module.backward_control] if kind == "bridge" else [])
+    hooks = [m.register_forward_hook(lambda m, i, o: rows.__setitem__("n", rows["n"] + i[0].shape[0])) for m in nets]
+    t0 = time.perf_counter()
+    x, log_w = module.sample(case.n_samples, seed=seed)
+    secs = time.perf_counter() - t0
+    for h in hooks:
+        h.remove()
+    n = case.n_samples
+    evals = sum(counter.counts.values()) / n + rows["n"] / n
+    from diffpost.metrics import effective_sample_size
+
+    return Run(x.double(), secs, evals, log_w=log_w.double(), ess=float(effective_sample_size(log_w.double())),
+               extra={**cost, "n_steps": K})
+
+
+def run_exact(case: Case, seed: int) -> Run:
+    from diffpost.random import make_generator
+
+    t0 = time.perf_counter()
+    x = case.target.sample(case.n_samples, make_generator(seed))
+    return Run(x, time.perf_counter() - t0)
+
+
+# ================================================================================ metrics
+def evaluate(case: Case, run: Run, metrics_fn, seed: int, mmd_points: int) -> dict[str, Any]:
+    """Metrics of one run against the case's reference samples (fixed projections for SW2)."""
+    x = run.x.detach().double()
+    row: dict[str, Any] = {"seconds": run.seconds, "evals_per_sample": run.evals, "ess": run.ess, **run.extra}
+    if not bool(torch.isfinite(x).all()):
+        row["failed"] = "non-finite samples"
+        return row
+    ref = case.reference.double()
+    m = metrics_fn(case.target, x, run.log_w, seed=REFERENCE_SEED, mmd_points=mmd_points, reference=ref)
+    row["sw2"], row["mmd2"] = m["sw2"], m["mmd2"]
+    if "mode_masses" in m and len(m["mode_masses"]) > 1:
+        row["mode_masses"] = m["mode_masses"]
+        row["mode_mass_error"] = m["mode_mass_error"]
+    if run.log_w is not None and case.ref_log_Z is not None:
+        row["log_Z_hat"] = m["log_Z_hat"]
+        row["log_Z_error"] = abs(m["log_Z_hat"] - case.ref_log_Z)
+    row["mean_rmse"] = float((x.mean(0) - ref.mean(0)).norm() / math.sqrt(x.shape[1]))
+    return row
+
+
+# ================================================================================ report
+COLUMNS = [("sw2", "SW2"), ("mmd2", "MMD²"), ("mode_mass_error", "mode-mass err"), ("log_Z_error", "abs. log Z err"),
+           ("ess", "ESS"), ("mean_rmse", "mean RMSE"), ("evals_per_sample", "evals/sample"), ("seconds", "wall s"),
+           ("train_seconds", "train s")]
+
+
+def _fmt(values: list[float]) -> str:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return "—"
+    mean = statistics.fmean(vals)
+    if len(vals) == 1:
+        return f"{mean:.3g}"
+    if max(vals) == min(vals):  # e.g. fixed evaluation counts
+        return f"{mean:.6g}"
+    return f"{mean:.3g} ± {statistics.stdev(vals):.2g}"
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for key, _ in COLUMNS:
+        vals = [r.get(key) for r in rows if r.get(key) is not None]
+        if vals:
+            out[key] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+    failed = [r["failed"] for r in rows if "failed" in r]
+    if failed:
+        out["failed"] = failed
+    return out
+
+
+def markdown(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+    head = "| target | sampler | " + " | ".join(c for _, c in COLUMNS) + " |\n|---|---|" + "---|" * len(COLUMNS) + "\n"
+    lines = []
+    for tname, by_sampler in results.items():
+        for sname, rows in by_sampler.items():
+            cells = [_fmt([r.get(k) for r in rows]) for k, _ in COLUMNS]
+            failed = sum("failed" in r for r in rows)
+            label = sname + (f" ({failed}/{len(rows)} failed)" if failed else "")
+            lines.append(f"| {tname} | {label} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def figure(path: Path, cases: dict[str, Case], samples: dict[str, dict[str, torch.Tensor]], plot_fn) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = [n for n in samples if cases[n].target.dim == 2]
+    if not names:
+        return
+    cols = [s for s in SAMPLERS if any(s in samples[n] for n in names)]
+    fig = Figure(figsize=(2.6 * len(cols), 2.6 * len(names)), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(names), len(cols), squeeze=False)
+    for i, n in enumerate(names):
+        ref = cases[n].reference.double()  # one frame per row: the target's mass, wherever the samples went
+        lo, hi = torch.quantile(ref, 0.001, dim=0), torch.quantile(ref, 0.999, dim=0)
+        pad = 0.15 * (hi - lo)
+        frame = ((float(lo[0] - pad[0]), float(hi[0] + pad[0])), (float(lo[1] - pad[1]), float(hi[1] + pad[1])))
+        for j, s in enumerate(cols):
+            ax = axes[i][j]
+            if s not in samples[n]:
+                ax.set_axis_off()
+                continue
+            plot_fn(ax, cases[n].target, samples[n][s], max_points=1000, title=f"{n}: {s}", bounds=frame)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(os.fspath(tmp))
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=lambda o: o.tolist() if torch.is_tensor(o) else str(o)) + "\n")
+    os.replace(tmp, path)
+
+
+# ================================================================================ main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmark.py unnormalised", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small budgets and sample sizes: a few minutes on 2 CPU cores")
+    p.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    p.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=None,
+                   help="default: all but the bridge (add it with --bridge)")
+    p.add_argument("--bridge", action="store_true", help="add the Schrödinger-bridge refinement (BridgeModule)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per (target, sampler) (default 3)")
+    p.add_argument("--budget", type=int, default=None, help="evaluations per sample (default 128; quick 32)")
+    p.add_argument("--n-samples", type=int, default=None, help="samples per run (default 1000; quick 400)")
+    p.add_argument("--n-image", type=int, default=None, help="samples per run on the image posterior (default 64; quick 32)")
+    p.add_argument("--train-steps", type=int, default=None, help="DDS/PIS optimiser steps (default 150; quick 30)")
+    p.add_argument("--train-batch", type=int, default=128, help="DDS/PIS paths per training step (default 128)")
+    p.add_argument("--hidden", type=int, default=64, help="control network width (default 64)")
+    p.add_argument("--high-budget", type=int, default=None,
+                   help="evaluations per sample of the second table (ULA/MALA/rdMC; default 25000; quick 2000; 0 skips it)")
+    p.add_argument("--high-targets", nargs="+", choices=TARGETS, default=["four_mode"],
+                   help="targets of the second table (default four_mode; they must be among --targets)")
+    p.add_argument("--n-reference", type=int, default=None, help="reference samples (default 5000; quick 2000)")
+    p.add_argument("--mmd-points", type=int, default=1000, help="points per sample set in the MMD (default 1000)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    p.add_argument("--out", default=None, help="JSON report (default runs/benchmark_unnormalised[_quick].json)")
+    p.add_argument("--figure", default=None, help="PNG grid (default runs/benchmark_unnormalised[_quick].png)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    q = args.quick
+    budget = args.budget or (32 if q else 128)
+    n_samples = args.n_samples or (400 if q else 1000)
+    n_image = args.n_image or (32 if q else 64)
+    train_steps = args.train_steps or (30 if q else 150)
+    high = (2000 if q else 25000) if args.high_budget is None else args.high_budget
+    n_ref = args.n_reference or (2000 if q else 5000)
+    stem = "runs/benchmark_unnormalised" + ("_quick" if q else "")
+    args.out = args.out or stem + ".json"
+    args.figure = args.figure or stem + ".png"
+    samplers = list(args.samplers or [s for s in SAMPLERS if s != "bridge"])
+    if args.bridge and "bridge" not in samplers:
+        samplers.append("bridge")
+    if min(budget, n_samples, n_image, train_steps, args.seeds, n_ref, args.threads) < 1 or budget < 3:
+        print("benchmark.py unnormalised: budgets, sizes, steps and seeds must be positive (budget >= 3)", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    import logging
+    import warnings
+
+    import lightning.pytorch  # noqa: F401  - sets its loggers' levels on import; quiet them afterwards
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*(treespec|weights_only|does not have many workers|max_epochs).*")
+    st = _script("sample_target")
+    t_start = time.perf_counter()
+    settings = {"budget": budget, "n_samples": n_samples, "n_image": n_image, "train_steps": train_steps,
+                "train_batch": args.train_batch, "hidden": args.hidden, "seeds": args.seeds, "high_budget": high,
+                "n_reference": n_ref, "mmd_points": args.mmd_points, "samplers": samplers, "targets": args.targets,
+                "rdmc": rdmc_settings(budget), "bridge_phase_steps": max(1, train_steps // 2)}
+    report: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+                    "threads": torch.get_num_threads(), "load_average_start": os.getloadavg(), "torch": torch.__version__,
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "settings": settings, "command": " ".join(["python scripts/benchmark.py unnormalised", *(sys.argv[1:] if argv is None else argv)]),
+        "targets": {}, "high_budget": {}}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    figure_samples: dict[str, dict[str, torch.Tensor]] = {}
+    cases: dict[str, Case] = {}
+    for tname in args.targets:
+        case = make_case(tname, n_samples, n_image)
+        prepare_reference(case, n_ref if tname != "image" else min(n_ref, 2000))
+        cases[tname] = case
+        results[tname] = {}
+        figure_samples[tname] = {}
+        print(f"[{time.perf_counter() - t_start:6.0f}s] {tname} (d = {case.target.dim}): {case.ref_info.get('reference')}", flush=True)
+        for sname in samplers:
+            if sname not in case.samplers or (sname == "exact" and not case.target.has("sample")):
+                continue
+            rows = []
+            for seed in range(args.seeds):
+                try:
+                    if sname == "exact":
+                        run = run_exact(case, seed)
+                    elif sname == "ula":
+                        run = run_ula(case, budget, seed)
+                    elif sname == "mala":
+                        run = run_mala(case, budget, seed)
+                    elif sname == "rdmc":
+                        run = run_rdmc(case, budget, seed)
+                    else:
+                        run = run_diffusion(case, sname, seed, budget, train_steps, args.train_batch, args.hidden,
+                                            settings["bridge_phase_steps"])
+                except Exception as e:  # noqa: BLE001 - a diverging sampler is a result, not a crash
+                    rows.append({"seed": seed, "failed": f"{type(e).__name__}: {str(e)[:200]}"})
+                    continue
+                row = {"seed": seed, **evaluate(case, run, st.sample_metrics, seed, args.mmd_points)}
+                rows.append(row)
+                if seed == 0:
+                    figure_samples[tname][sname] = run.x.detach().double()
+            results[tname][sname] = rows
+            print(f"[{time.perf_counter() - t_start:6.0f}s]   {sname:7s} " + ", ".join(
+                f"{c} {_fmt([r.get(k) for r in rows])}" for k, c in COLUMNS[:5] if any(r.get(k) is not None for r in rows)), flush=True)
+        report["targets"][tname] = {"dim": case.target.dim, "spec": _spec_or_none(case.target), "reference": case.ref_info,
+                                    "log_Z": case.ref_log_Z, "samplers": {s: {"runs": r, "summary": aggregate(r)}
+                                                                          for s, r in results[tname].items()}}
+    high_results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    missing = [t for t in args.high_targets if t not in cases]
+    if high > 0 and missing:
+        print(f"benchmark.py unnormalised: --high-targets {' '.join(missing)} not among --targets; skipped", file=sys.stderr)
+    for tname in [t for t in args.high_targets if t in cases] if high > 0 else []:
+        base = cases[tname]
+        case = Case(base.name, base.target, base.scale, base.step, max(100, base.n_samples // 2), base.samplers,
+                    base.reference, base.ref_log_Z, base.ref_info)
+        high_results[tname] = {}
+        runners: dict[str, Callable[[int], Run]] = {
+            "ula": lambda s: run_ula(case, high, s), "mala": lambda s: run_mala(case, high, s),
+            "rdmc": lambda s: run_rdmc(case, high, s), "rdmc (ULA inner only)": lambda s: run_rdmc(case, high, s, inner="ula")}
+        for sname, fn in runners.items():
+            rows = []
+            for seed in range(args.seeds):
+                try:
+                    rows.append({"seed": seed, **evaluate(case, fn(seed), st.sample_metrics, seed, args.mmd_points)})
+                except Exception as e:  # noqa: BLE001
+                    rows.append({"seed": seed, "failed": f"{type(e).__name__}: {str(e)[:200]}"})
+            high_results[tname][sname] = rows
+            print(f"[{time.perf_counter() - t_start:6.0f}s]   {tname} at {high}: {sname:22s} " + ", ".join(
+                f"{c} {_fmt([r.get(k) for r in rows])}" for k, c in COLUMNS[:3] if any(r.get(k) is not None for r in rows)), flush=True)
+        report["high_budget"][tname] = {"budget": high, "n_samples": case.n_samples, "rdmc": rdmc_settings(high),
+                                        "samplers": {s: {"runs": r, "summary": aggregate(r)} for s, r in high_results[tname].items()}}
+    report["seconds"] = time.perf_counter() - t_start
+    report["machine"]["load_average_end"] = os.getloadavg()
+
+    print(f"\n## Samplers at {budget} evaluations per sample ({args.seeds} seeds, mean ± std; "
+          f"{n_samples} samples per run, image {n_image})\n")
+    table = markdown(results)
+    print(table)
+    report["markdown"] = table
+    if high_results:
+        print(f"\n## ULA, MALA and rdMC at {high} evaluations per sample ({', '.join(high_results)})\n")
+        high_table = markdown(high_results)
+        print(high_table)
+        report["markdown_high_budget"] = high_table
+    _write_json(Path(args.out), report)
+    fig_path = Path(args.figure)
+    figure(fig_path, cases, figure_samples, st.plot_samples_2d)
+    print(f"wrote {args.out} and {fig_path} in {report['seconds']:.0f} s")
+    return 0
+
+
+def _spec_or_none(target) -> dict[str, Any] | None:
+    from diffpost.config import spec_of
+
+    try:
+        return spec_of(target)
+    except TypeError:
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
