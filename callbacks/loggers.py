@@ -25,12 +25,14 @@ class DiffpostWandbLogger(WandbLogger):
 
     def __init__(self, project: str = "diffpost", name: str | None = None, save_dir: str = "runs",
                  mode: Literal["auto", "offline", "online"] = "auto", log_model: bool = False,
-                 group: str | None = None, tags: list[str] | None = None):
+                 group: str | None = None, tags: list[str] | None = None, id: str | None = None):
         env_mode = os.environ.get("WANDB_MODE")
         if env_mode in ("offline", "disabled", "dryrun"):
             offline = True
         else:
             offline = mode == "offline" or (mode == "auto" and not wandb_logged_in())
         os.makedirs(save_dir, exist_ok=True)
+        # ``id`` continues an existing run (e.g. after resuming from a checkpoint)
+        resume = {"id": id, "resume": "allow"} if id else {}
         super().__init__(project=project, name=name, save_dir=save_dir, offline=offline, log_model=log_model,
-                         group=group, tags=tags)
+                         group=group, tags=tags, **resume)

@@ -61,13 +61,14 @@ class ReconstructionMetrics(pl.Callback):
         device = pl_module.device
         self.psnr, self.ssim = self.psnr.to(device), self.ssim.to(device)
         with torch.inference_mode(False), torch.no_grad():
-            batch = eval_items(dm, split, self.n_images)
-            shard = slice(trainer.global_rank, None, trainer.world_size)
-            x, y, index = (batch[k][shard].to(device) for k in ("x", "y", "index")) if batch else (None, None, None)
-            if index is not None and len(index):
-                x_hat, _ = self.reconstructor(pl_module, y, dm.operator.to(device), dm.sigma_y, index)
-                self.psnr.update(psnr(x_hat.detach().to(x.dtype), x))
-                self.ssim.update(ssim(x_hat.detach().to(x.dtype), x))
+            items = eval_items(dm, split, self.n_images)
+            mine = {k: v[trainer.global_rank::trainer.world_size].to(device) for k, v in items.items()}
+            if mine and len(mine["index"]):
+                x = mine["x"]
+                x_hat, _ = self.reconstructor(pl_module, mine["y"], dm.operator.to(device), dm.sigma_y, mine["index"])
+                x_hat = x_hat.detach().to(x.dtype)
+                self.psnr.update(psnr(x_hat, x))
+                self.ssim.update(ssim(x_hat, x))
         self._pending = split
 
     def _log(self, pl_module: pl.LightningModule, split: str) -> None:

@@ -6,12 +6,11 @@ DPS, ... modules implement it), so callbacks accept every posterior sampler with
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from diffpost.config import Configurable
 from diffpost.operators import LinearOperator
+from lightning_modules.sampling import SamplerName
 
 
 class Reconstructor(Configurable):
@@ -52,7 +51,9 @@ class PosteriorSampling(Reconstructor):
 
     name = "posterior"
 
-    def __init__(self, n_samples: int = 4, num_steps: int = 18, sampler: Literal["heun", "euler", "euler_maruyama", "edm"] = "heun", seed: int = 0):
+    def __init__(self, n_samples: int = 4, num_steps: int = 18, sampler: SamplerName = "heun", seed: int = 0):
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"PosteriorSampling: n_samples must be a positive integer, got {n_samples!r}")
         self.n_samples, self.num_steps, self.sampler, self.seed = n_samples, num_steps, sampler, seed
 
     def __call__(self, module, y, operator, sigma_y, index):

@@ -185,3 +185,18 @@ def test_predict_writes_one_sample_per_test_item(tmp_path):
     expected, _ = module.sample(pred["index"], shape=(1, 16, 16))  # same per-index seeds
     assert torch.allclose(pred["samples"], expected)
     assert (tmp_path / "pred" / "samples_rank0.png").exists()
+
+
+@pytest.mark.slow
+def test_compile_flag_trains_and_keeps_checkpoint_keys(tmp_path):
+    """torch.compile (a GPU setting in the configs) works with EMA and leaves state_dict keys alone,
+    so compiled and plain runs share checkpoints. Slow: inductor compiles C++ on CPU."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    module = ScorePriorModule(tiny_net(), compile=True, val_sigmas=[0.2])
+    trainer = cpu_trainer(tmp_path, max_steps=2, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
+                          callbacks=[EMAWeightAveraging(decay=0.9)])
+    trainer.fit(module, datamodule=tiny_dm())
+    assert module._compiled and trainer.global_step == 2
+    assert set(module.state_dict()) == set(ScorePriorModule(tiny_net()).state_dict())
+    assert math.isfinite(trainer.callback_metrics["val/denoise_psnr_sigma0.2"].item())

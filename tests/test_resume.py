@@ -15,7 +15,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "experiments" / "quickstart_prior.yaml"
-EPOCHS = 5  # 2 steps each; the kill comes after the checkpoint of epoch 1
+EPOCHS = 6  # 2 steps each; the kill comes right after the checkpoint of epoch 1
 
 
 def _write_configs(tmp: Path) -> list[str]:
@@ -78,7 +78,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert not (_ckpt_dir(crashed, 0) / final_name).exists(), "the run finished before it was killed"
     last = _ckpt_dir(crashed, 0) / "last.ckpt"
     resumed_from = torch.load(last, weights_only=True)["epoch"]
-    assert resumed_from in (0, 1)  # the kill may land before or after last.ckpt is refreshed
+    # usually 0 or 1 (the kill may land before or after last.ckpt is refreshed); later if this
+    # process was starved of CPU while the victim ran on: any epoch before the last one will do
+    assert 0 <= resumed_from < EPOCHS - 1
 
     _finish(_train(crashed, [*args, f"--ckpt_path={last}"]))
     _finish(uninterrupted)

@@ -31,16 +31,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DEFAULT_CONFIGS = ["configs/experiments/quickstart_prior.yaml", "configs/experiments/ellipses128_prior.yaml"]
 
 
-def build(config: str, batch_size: int | None, workers: int | None, device: str):
-    """Model and DataModule of an experiment, as the training CLI makes them, on this machine."""
+def build(config: str, device: str):
+    """Model and DataModule of an experiment, as the training CLI makes them (GPU settings off)."""
     from lightning_modules.cli import DiffpostCLI
 
     args = ["--config", config, f"--trainer.accelerator={device}", "--trainer.devices=1", "--trainer.strategy=auto",
-            "--trainer.num_nodes=1", "--trainer.logger=false", "--model.init_args.compile=false"]
-    if batch_size:
-        args.append(f"--data.init_args.batch_size={batch_size}")
-    if workers is not None:
-        args.append(f"--data.init_args.num_workers={workers}")
+            "--trainer.num_nodes=1", "--trainer.precision=32-true", "--trainer.logger=false",
+            "--model.init_args.compile=false"]
     cli = DiffpostCLI(args=args, run=False, save_config_callback=None)
     return cli.model, cli.datamodule
 
@@ -165,12 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": machine(threads), "load_average_before": os.getloadavg(), "args": vars(args), "results": []}
     for config in args.configs:
         path = config if os.path.isabs(config) else os.path.join(ROOT, config)
-        model, dm = build(path, args.batch_size, args.workers, accelerator)
+        model, dm = build(path, accelerator)
         size = dm.x_shape[-1]
-        if args.batch_size is None and args.device == "cpu" and size > 32:
-            model, dm = build(path, 8, args.workers, accelerator)
-        if args.workers is None and dm.num_workers > (os.cpu_count() or 1):
-            model, dm = build(path, dm.batch_size, os.cpu_count(), accelerator)
+        # the DataModule reads these when it makes its loaders
+        if args.batch_size or (args.device == "cpu" and size > 32):
+            dm.batch_size = args.batch_size or 8
+        dm.num_workers = args.workers if args.workers is not None else min(dm.num_workers, os.cpu_count() or 1)
         steps = args.steps or (20 if size <= 32 else 3)
         n_params = sum(p.numel() for p in model.parameters())
         row = {"config": os.path.relpath(path, ROOT), "image_shape": list(dm.x_shape), "params": n_params,
