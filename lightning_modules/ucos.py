@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
 from diffpost.image_quality import psnr
 from diffpost.operators import LinearOperator
@@ -29,6 +28,7 @@ from diffpost.ucos import (
     posterior_denoiser,
 )
 from lightning_modules.base import DiffpostModule
+from lightning_modules.metrics import IndexedMean
 from lightning_modules.sampling import SamplerName, run_sampler
 
 _VAL_STREAM, _POSTERIOR_STREAM = 1, 3
@@ -93,7 +93,8 @@ class UCoSModule(DiffpostModule):
         self.aux = UCoSDenoiser(net, precond, sigma_data=sigma_data)
         self.density = EDMTrainingDensity(p_mean=p_mean, p_std=p_std, log_uniform_fraction=log_uniform_fraction,
                                           sigma_min=sigma_min, sigma_max=sigma_max)
-        self.val_mmse_psnr, self.val_tikhonov_psnr = MeanMetric(), MeanMetric()
+        # per-image means keyed by index: DDP's padded samplers repeat images, each must count once
+        self.val_mmse_psnr, self.val_tikhonov_psnr = IndexedMean(), IndexedMean()
 
     def _function_space_preconditioner(self, kind: str, rho0: float):
         """``G_σ = ((σ⁻² + ρ0) I + C S/σ_y²)⁻¹`` (diffpost.ucos.function_space), the same in training and sampling."""
@@ -160,9 +161,9 @@ class UCoSModule(DiffpostModule):
         x0, y = batch["x"], batch["y"]
         b = information_offset(y, self.operator, self.sigma_y, noise_cov=self.noise_cov)
         smax = torch.full((y.shape[0],), self.hparams.sigma_max, dtype=b.dtype, device=b.device)
-        self.val_mmse_psnr.update(psnr(self.aux(b, smax), x0))
+        self.val_mmse_psnr.update(psnr(self.aux(b, smax), x0), batch["index"])
         # the input estimate alone (σ → ∞ limit of G_σ b): the baseline the network must beat
-        self.val_tikhonov_psnr.update(psnr(self.aux.tikhonov(b, smax), x0))
+        self.val_tikhonov_psnr.update(psnr(self.aux.tikhonov(b, smax), x0), batch["index"])
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/mmse_psnr", self.val_mmse_psnr.compute(), prog_bar=True)

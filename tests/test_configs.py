@@ -12,6 +12,7 @@ import io
 import json
 import pickle
 import struct
+import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -241,3 +242,25 @@ def test_prior_module_gets_no_task_arguments(fake_data):
     cli = run_cli(["fit", "--config", str(BASE), "--data", str(CONFIGS / "task" / "ct_sparse.yaml"), *CPU, *NO_COMPILE,
                    *ONE_SIGMA, *SMALL])
     assert "operator" not in cli.model.hparams and "sigma_y" not in cli.model.hparams
+
+
+# ---------------------------------------------------------------- scripts/benchmark.py dispatch
+def test_benchmark_dispatcher_loads_subcommands_lazily(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_benchmark_script", ROOT / "scripts" / "benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (tmp_path / "__init__.py").write_text("")
+    (tmp_path / "helpers.py").write_text("VALUE = 7\n")
+    (tmp_path / "prior.py").write_text("from . import helpers\n\ndef main(argv):\n    return helpers.VALUE + len(argv)\n")
+    monkeypatch.setattr(bench, "HERE", str(tmp_path))
+    monkeypatch.setattr(bench, "PACKAGE", "_test_benchmarks")
+    monkeypatch.delitem(sys.modules, "_test_benchmarks", raising=False)
+    monkeypatch.delitem(sys.modules, "_test_benchmarks.prior", raising=False)
+    monkeypatch.delitem(sys.modules, "_test_benchmarks.helpers", raising=False)
+    assert bench.main(["prior", "a", "b"]) == 9  # relative imports work; arguments pass through
+    with pytest.raises(SystemExit, match="'ucos' is not available: .*ucos.py does not exist"):
+        bench.main(["ucos"])
+    with pytest.raises(SystemExit, match="unknown subcommand 'nope'"):
+        bench.main(["nope"])
