@@ -7,14 +7,14 @@ from typing import Any, Literal
 import torch
 
 from diffpost.operators import LinearOperator
-from diffpost.random import per_sample_generators, randn, seed_for
+from diffpost.random import randn
 from diffpost.samplers import CountingDenoiser
 from diffpost.samplers.dps import dps
 from diffpost.schedules import karras_sigmas
 from lightning_modules.base import DiffpostModule
 from lightning_modules.checkpoint import load_module
+from lightning_modules.sampling import check_measurement_shape, posterior_generators, posterior_result
 
-_POSTERIOR_STREAM = 3
 
 
 class DPSModule(DiffpostModule):
@@ -42,16 +42,15 @@ class DPSModule(DiffpostModule):
     def sample_posterior(self, y: torch.Tensor, *, operator: LinearOperator | None = None, sigma_y: float | None = None,
                          index: torch.Tensor | None = None, n_samples: int = 1, num_steps: int | None = None,
                          sampler: str | None = None, seed: int = 0, callback=None) -> dict[str, Any]:
-        """Same contract as ``UCoSModule.sample_posterior``; ``sampler`` is ignored (DPS has its own step)."""
+        """Same contract as ``UCoSModule.sample_posterior``; ``sampler`` is ignored (DPS has its own step),
+        and so is ``sigma_y``: DPS's step ζ/‖y − A x̂0‖ normalises the residual, so σ_y never enters it."""
         op = operator if operator is not None else self.operator
-        sy = self.sigma_y if sigma_y is None else float(sigma_y)
-        if y.dim() != len(op.y_shape) + 1 or tuple(y.shape[1:]) != op.y_shape:
-            raise ValueError(f"measurement has shape {tuple(y.shape)}; the operator needs (B, {', '.join(map(str, op.y_shape))})")
+        check_measurement_shape(y, op.y_shape, "the operator")
         B = y.shape[0]
         index = torch.arange(B) if index is None else index
         hp = self.prior.hparams
         dtype = next(self.prior.parameters()).dtype
-        gens = per_sample_generators([seed_for(seed, _POSTERIOR_STREAM, int(i), s) for i in index for s in range(n_samples)])
+        gens = posterior_generators(seed, index, n_samples)
         sigmas = karras_sigmas(num_steps or self.hparams.num_steps, hp.sigma_min, hp.sigma_max, hp.rho, dtype=dtype, device=self.device)
         before = dict(op.counts)
         with torch.inference_mode(False), torch.enable_grad():
@@ -60,11 +59,7 @@ class DPSModule(DiffpostModule):
             den = CountingDenoiser(self.prior.denoiser)
             # zeta is stated for σ_y-free residuals; the likelihood scale enters through ‖y − A x̂0‖ itself
             out = dps(den, x, sigmas, yy, op, zeta=self.hparams.zeta, step=self.hparams.step, generator=gens, callback=callback)
-        samples = out.detach().reshape(B, n_samples, *op.x_shape)
-        calls = {k: op.counts[k] - before.get(k, 0) for k in ("forward", "adjoint")}
-        return {"samples": samples, "mean": samples.mean(1),
-                "std": samples.std(1) if n_samples > 1 else torch.zeros_like(samples[:, 0]),
-                "nfe": den.nfe, "operator_calls": calls}
+        return posterior_result(out, n_samples, op.x_shape, den.nfe, op.counts, before)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         out = self.sample_posterior(batch["y"], index=batch["index"])

@@ -10,7 +10,7 @@ from torch import nn
 
 from diffpost.image_quality import psnr
 from diffpost.operators import LinearOperator
-from diffpost.random import per_sample_generators, randn, seed_for
+from diffpost.random import randn
 from diffpost.samplers import CountingDenoiser
 from diffpost.schedules import EDMTrainingDensity, FourierCovariance, edm_loss_weight, karras_sigmas
 from diffpost.ucos import (
@@ -29,9 +29,14 @@ from diffpost.ucos import (
 )
 from lightning_modules.base import DiffpostModule
 from lightning_modules.metrics import IndexedMean
-from lightning_modules.sampling import SamplerName, run_sampler
+from lightning_modules.sampling import (
+    SamplerName,
+    check_measurement_shape,
+    posterior_generators,
+    posterior_result,
+    run_sampler,
+)
 
-_VAL_STREAM, _POSTERIOR_STREAM = 1, 3
 
 
 class OperatorMismatchError(ValueError):
@@ -185,16 +190,14 @@ class UCoSModule(DiffpostModule):
         elif sigma_y is not None:
             self.check_task(self.operator, sigma_y)
         op = self.operator
-        if y.dim() != len(op.y_shape) + 1 or tuple(y.shape[1:]) != op.y_shape:
-            raise ValueError(f"measurement has shape {tuple(y.shape)}; this model needs (B, {', '.join(map(str, op.y_shape))})")
-        B = y.shape[0]
-        index = torch.arange(B) if index is None else index
+        check_measurement_shape(y, op.y_shape)
+        index = torch.arange(y.shape[0]) if index is None else index
         dtype = next(self.aux.net.parameters()).dtype
         y = y.to(device=self.device, dtype=dtype)
         calls_before = dict(op.counts)
         b = information_offset(y, op, self.sigma_y, noise_cov=self.noise_cov)  # the only operator use
         b = b.repeat_interleave(n_samples, 0)
-        gens = per_sample_generators([seed_for(seed, _POSTERIOR_STREAM, int(i), s) for i in index for s in range(n_samples)])
+        gens = posterior_generators(seed, index, n_samples)
         sigmas = karras_sigmas(num_steps or self.hparams.num_steps, self.hparams.sigma_min, self.hparams.sigma_max,
                                self.hparams.rho, dtype=dtype, device=self.device)
         x = sigmas[0] * randn(b.shape, gens, dtype=dtype, device=self.device)
@@ -203,10 +206,7 @@ class UCoSModule(DiffpostModule):
             x, noise = self.noise_cov.sqrt_apply(x), covariance_noise(self.noise_cov)
         den = CountingDenoiser(posterior_denoiser(self.aux, b))
         out = run_sampler(sampler or self.hparams.sampler, den, x, sigmas, generator=gens, noise=noise, callback=callback, churn=churn)
-        samples = out.reshape(B, n_samples, *op.x_shape)
-        calls = {k: op.counts[k] - calls_before.get(k, 0) for k in ("forward", "adjoint")}
-        return {"samples": samples, "mean": samples.mean(1), "std": samples.std(1) if n_samples > 1 else torch.zeros_like(samples[:, 0]),
-                "nfe": den.nfe, "operator_calls": calls}
+        return posterior_result(out, n_samples, op.x_shape, den.nfe, op.counts, calls_before)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         out = self.sample_posterior(batch["y"], index=batch["index"])
