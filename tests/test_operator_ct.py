@@ -1,7 +1,9 @@
 """CT (parallel-beam Radon transform): exact adjoint, agreement with scikit-image, closed-form projections.
 
-Oracles: scikit-image's ``radon`` (independent implementation of the same discretisation), analytic
+Oracles: scikit-image's ``radon`` (independent implementation of the same discretisation, in pixel
+units: ours is it times the pixel size ``2/max(H, W)`` of the default ``[-1, 1]²`` extent), analytic
 projections (column/row sums at 0°/90°, chord lengths of a disc), dense matrices, finite differences.
+Physical geometry across resolutions and fan beam: tests/test_ct_geometry.py.
 """
 import json
 import math
@@ -133,9 +135,10 @@ def test_zero_and_ninety_degrees_are_column_and_row_sums():
     # θ=0: rays run down the columns; θ=90°: along rows, detector t pointing up (reversed row order).
     # H even puts the centre between rows: samples average two rows, sums stay exact.
     H, W = 10, 7  # W odd with n_det odd -> detector offsets land on columns
+    # catches a wrong physical scale: line integrals are pixel sums times the pixel size 2/max(H, W)
     op = CT((1, H, W), angles=[0.0, 90.0], n_detectors=11)
     x = randn((1, 1, H, W), 8)
-    y = op(x)[0, 0]
+    y = op(x)[0, 0] / (2 / max(H, W))
     col = torch.zeros(11, dtype=torch.float64)
     col[2:9] = x[0, 0].sum(0)
     torch.testing.assert_close(y[0], col, rtol=1e-12, atol=1e-12)
@@ -157,7 +160,7 @@ def test_every_pixel_is_fully_crossed_at_every_angle(shape, n_detectors):
     op = CT(shape, n_angles=90, n_detectors=n_detectors)
     one_angle = torch.zeros(op.n_angles, *op.y_shape, dtype=torch.float64)
     one_angle[torch.arange(op.n_angles), :, torch.arange(op.n_angles)] = 1.0
-    w = op.adjoint(one_angle)  # (n_angles, C, H, W)
+    w = op.adjoint(one_angle) / (2 / max(shape[1:]))  # (n_angles, C, H, W), in pixel units
     assert w.min() > 0.8 and w.max() < 1.4, (w.min().item(), w.max().item())
     mean = w.mean(0)
     assert (mean - 1).abs().max() < 0.2, mean
@@ -176,8 +179,9 @@ def test_centred_disc_projections_are_constant_chords(n, radius):
     y = op(disc(n, radius)[None, None])[0, 0]
     rel_std = (y.std(0) / y.max()).max().item()  # across angles, worst detector
     assert rel_std < 0.02, rel_std
-    t = torch.arange(op.n_detectors, dtype=torch.float64) - (op.n_detectors - 1) / 2
-    chord = 2 * torch.sqrt((radius**2 - t**2).clamp_min(0))  # line integral of the unit disc
+    p = 2 / n  # physical units: [-1, 1]² image, so offsets and chords are pixels times p
+    t = (torch.arange(op.n_detectors, dtype=torch.float64) - (op.n_detectors - 1) / 2) * p
+    chord = 2 * torch.sqrt(((radius * p) ** 2 - t**2).clamp_min(0))  # line integral of the unit disc
     rel_err = ((y - chord).norm(dim=1) / chord.norm()).max().item()
     assert rel_err < 0.04, rel_err
 
@@ -219,7 +223,9 @@ def test_matches_skimage_radon_exactly_after_centre_alignment(kind, H, W, angles
     assert N == math.ceil(math.sqrt(2) * max(H, W))
     emb = _embed_odd(img)
     op = CT((1, *emb.shape), angles=angles, n_detectors=N if N % 2 else N + 1)
-    ours = op(emb[None, None])[0, 0, :, :N].numpy()
+    ours = op(emb[None, None])[0, 0, :, :N].numpy() / (2 / max(emb.shape))  # pixel units, as skimage
+    unit = CT((1, *emb.shape), angles=angles, n_detectors=N if N % 2 else N + 1, extent=float(max(emb.shape)))
+    np.testing.assert_allclose(unit(emb[None, None])[0, 0, :, :N].numpy(), ours, rtol=1e-12, atol=1e-12)
     scale, corr = scale_and_corr(ours, ref)
     assert corr >= 0.99 and abs(scale - 1) < 1e-10, (scale, corr)
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-10 * np.abs(ref).max())
@@ -238,7 +244,7 @@ def test_agrees_with_skimage_radon_default_geometry(kind, n):
     ref = skimage_radon(img, angles)
     op = CT((1, n, n), angles=angles)
     assert op.n_detectors == ref.shape[1]
-    ours = op(img[None, None])[0, 0].numpy()
+    ours = op(img[None, None])[0, 0].numpy() / (2 / n)  # pixel units, as skimage
     nd, N = op.n_detectors, ref.shape[1]
     th = np.deg2rad(angles)
     c = np.arange(N)
@@ -352,7 +358,7 @@ def test_ramp_filter_kernel_and_frequency_response():
 # ----------------------------------------------------------------------------- config and errors
 def test_config_rebuilds_operator_and_fingerprint():
     for op in [CT((2, 12, 14), n_angles=9, angle_range=120.0, angle_start=5.0, n_detectors=15),
-               CT((1, 8, 8), angles=[0.0, 33.0, 90.0])]:
+               CT((1, 8, 8), angles=[0.0, 33.0, 90.0]), CT((1, 8, 8), n_angles=3, extent=3.0, detector_spacing=0.5)]:
         cfg = op.config()
         json.dumps(cfg)  # plain types only
         clone = CT(**cfg)
@@ -362,12 +368,20 @@ def test_config_rebuilds_operator_and_fingerprint():
         torch.testing.assert_close(clone(x), op(x), rtol=0, atol=0)
     assert CT((1, 8, 8), n_angles=9).fingerprint() != CT((1, 8, 8), n_angles=10).fingerprint()
     assert CT((1, 8, 8), angles=[0.0, 30.0]).fingerprint() != CT((1, 8, 8), angles=[0.0, 31.0]).fingerprint()
+    # the geometry is part of the fingerprint
+    assert CT((1, 8, 8), n_angles=9).fingerprint() != CT((1, 8, 8), n_angles=9, extent=8.0).fingerprint()
+    ref = CT((1, 8, 8), n_angles=9, n_detectors=12)
+    assert ref.fingerprint() != CT((1, 8, 8), n_angles=9, n_detectors=12, detector_spacing=0.3).fingerprint()
 
 
 def test_angles_and_default_geometry():
     op = CT((1, 32, 32), n_angles=4, angle_range=90.0, angle_start=10.0)
     torch.testing.assert_close(op.angles_deg, torch.tensor([10.0, 32.5, 55.0, 77.5], dtype=torch.float64))
     assert op.n_detectors == 46 and op.y_shape == (1, 4, 46)
+    assert op.pixel_size == 2 / 32 and op.detector_spacing == 2 / 32 and op.extent == 2.0
+    torch.testing.assert_close(op.detector_positions[[0, -1]], torch.tensor([-22.5, 22.5], dtype=torch.float64) / 16)
+    # a coarser physical detector: fewer detectors cover the same √2·extent
+    assert CT((1, 32, 32), n_angles=4, detector_spacing=0.125).n_detectors == math.ceil(math.sqrt(2) * 2 / 0.125)
     assert CT((3, 20, 30)).y_shape == (3, 180, math.ceil(math.sqrt(2) * 30))
     assert CT((1, 8, 8), angles=[1.0, 2.0], n_angles=50).n_angles == 2  # explicit angles override
 
@@ -375,7 +389,8 @@ def test_angles_and_default_geometry():
 @pytest.mark.parametrize(
     "kwargs",
     [dict(shape=(32, 32)), dict(shape=(1, 0, 8)), dict(n_angles=0), dict(angle_range=0.0), dict(angle_range=float("nan")),
-     dict(n_detectors=0), dict(angles=[]), dict(angles=[0.0, float("inf")]), dict(n_angles=2.5)],
+     dict(n_detectors=0), dict(angles=[]), dict(angles=[0.0, float("inf")]), dict(n_angles=2.5), dict(extent=0.0),
+     dict(extent=-2.0), dict(detector_spacing=0.0), dict(detector_spacing=float("nan"))],
 )
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError, match="CT"):

@@ -10,6 +10,7 @@ from diffpost.operators.superres import SuperResolution
 from diffpost.operators.mri import MRI
 
 __all__ += ["Denoising", "Inpainting", "Blur", "SuperResolution", "MRI", "ImageSVDOperator", "HartleySVDOperator"]
-from diffpost.operators.ct import CT
+from diffpost.operators.ct import CT, RayTransform
+from diffpost.operators.fanbeam import FanBeamCT
 
-__all__ += ["CT"]
+__all__ += ["CT", "FanBeamCT", "RayTransform"]

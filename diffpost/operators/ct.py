@@ -1,29 +1,34 @@
-"""2-D parallel-beam CT: the discrete Radon transform as a matrix-free operator with an exact adjoint.
+"""2-D CT in physical units: ray transforms as matrix-free operators with exact adjoints.
 
-Discretisation (scikit-image's ``radon`` with ``circle=False``): for every angle θ the image is
-resampled with bilinear interpolation (zero outside the image) on a rotated grid with unit spacing,
-centred on the image centre, and the samples are summed along the ray direction. In pixel
-coordinates (row, col) with centre ``((H−1)/2, (W−1)/2)``, detector offset ``t`` and ray offset ``s``:
+Geometry (ASTRA/ODL style: physical units, independent of the pixel count). The image is a square-pixel
+grid centred on the rotation centre whose longer side spans ``extent`` (default 2: a square image
+covers ``[-1, 1]²``), so the pixel size is ``p = extent / max(H, W)``. Physical coordinates: ``x`` along
+the columns, ``y`` up (row 0 is the top row): pixel ``(row, col)`` sits at
+``x = (col − (W−1)/2)·p``, ``y = ((H−1)/2 − row)·p``. A measurement approximates the line integral
+``∫ f ds`` of the image's bilinear interpolation (zero outside) along a ray: samples every ``p`` along
+the ray, summed and multiplied by ``p``. So the same object gives the same sinogram (up to
+discretisation) at 64², 128² and 256², and ``sigma_y`` means the same noise level at every size.
 
-    col = cx + t cos θ + s sin θ,    row = cy − t sin θ + s cos θ,    y[θ, t] = Σ_s x(row, col)
+Parallel beam (``CT``, this file): at angle θ the detector axis is ``e_t = (cos θ, sin θ)`` and rays run
+along ``e_s = (sin θ, −cos θ)``; detector ``k`` sits at ``t_k = (k − (n_det − 1)/2)·Δ`` (``Δ`` the
+detector spacing, default ``p``) and ray samples at ``s_j = (j − (n_ray − 1)/2)·p``, with ``n_ray`` just
+large enough that every ray crosses the whole support of the interpolated image. Both grids are
+symmetric, so the projection at θ + 180° mirrors the one at θ. Fan beam: ``diffpost/operators/fanbeam.py``.
 
-Detector offsets are ``t_k = k − (n_det − 1)/2``, ray offsets are the integers ``|s| ≤ (n_ray − 1)/2``
-with ``n_ray`` just large enough that every ray crosses the whole support of the interpolated image
-(so a narrow detector still integrates full rays). Both grids are symmetric about the centre, so the
-projection at θ + 180° is the mirror image of the one at θ.
-
-Relation to ``skimage.transform.radon``: same orientation and sampling; skimage rotates about pixel
-``(H//2, W//2)`` and puts detector ``c`` at ``t = c − N//2`` (``N = ceil(√2·max(H, W))``), so the two
-agree exactly for odd H, W when ``N`` is odd (otherwise they differ by sub-pixel shifts), up to the
-image corners that skimage's N×N grid clips.
+Relation to ``skimage.transform.radon`` (``circle=False``): with ``extent = max(H, W)`` (unit pixels)
+and the default detector, ours is the same discretisation (bilinear resampling on a rotated unit grid,
+summed along rays); skimage rotates about pixel ``(H//2, W//2)`` and puts detector ``c`` at
+``t = c − N//2`` (``N = ceil(√2·max(H, W))``), so the two agree exactly for odd H, W when ``N`` is odd
+(otherwise they differ by sub-pixel shifts), up to the image corners that skimage's N×N grid clips.
+With the default extent, ours is skimage's times the pixel size ``p``.
 
 The forward is ``grid_sample`` (bilinear, zero padding, ``align_corners=False``, which also keeps CUDA
 off the cuDNN kernel so forward and backward share one discretisation) on a cached sampling grid. The
 adjoint is the vector-Jacobian product of that forward: ATen's ``grid_sampler_2d_backward`` (the
 kernel autograd itself runs for the VJP of ``grid_sample``), so it is the exact transpose, not an
-approximate back-projection, and it skips the wasted forward pass an ``autograd.grad`` call would make.
-Forward and adjoint are wrapped in a pair of autograd Functions (each one's backward is the other), so
-DPS-style guidance can backpropagate through ``A`` and ``Aᵀ`` to any order.
+approximate back-projection. Forward and adjoint are wrapped in a pair of autograd Functions (each
+one's backward is the other), so DPS-style guidance can backpropagate through ``A`` and ``Aᵀ`` to any
+order. ``RayTransform`` holds this machinery for any geometry that lists its sample points.
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ class _Project(torch.autograd.Function):
     """``x ↦ A x``; its backward is ``Aᵀ`` (itself differentiable, for higher-order gradients)."""
 
     @staticmethod
-    def forward(x: torch.Tensor, op: "CT") -> torch.Tensor:
+    def forward(x: torch.Tensor, op: "RayTransform") -> torch.Tensor:
         return op._project(x)
 
     @staticmethod
@@ -60,7 +65,7 @@ class _Backproject(torch.autograd.Function):
     """``y ↦ Aᵀ y``; its backward is ``A``."""
 
     @staticmethod
-    def forward(y: torch.Tensor, op: "CT") -> torch.Tensor:
+    def forward(y: torch.Tensor, op: "RayTransform") -> torch.Tensor:
         return op._backproject(y)
 
     @staticmethod
@@ -72,26 +77,28 @@ class _Backproject(torch.autograd.Function):
         return _Project.apply(grad, ctx.op), None
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
+def _check_int(owner: str, name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"CT: {name} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
-def _check_float(name: str, value: Any) -> float:
+def _check_float(owner: str, name: str, value: Any, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"CT: {name} must be a finite number, got {value!r}")
+        raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{owner}: {name} must be positive, got {value!r}")
     return float(value)
 
 
-class CT(LinearOperator):
-    """Parallel-beam Radon transform ``(C, H, W) → (C, n_angles, n_detectors)``, channels independent.
+class RayTransform(LinearOperator):
+    """Line integrals ``(C, H, W) → (C, n_angles, n_detectors)`` of the bilinearly interpolated image
+    along rays sampled every ``pixel_size``; channels independent. Shared by parallel and fan beam.
 
-    ``angles`` (degrees) overrides ``n_angles``/``angle_range``/``angle_start``; otherwise the angles are
-    ``angle_start + i·angle_range/n_angles``, ``i < n_angles`` (endpoint excluded, as 180° repeats 0°).
-    Sparse view: few angles over 180°; limited angle: ``angle_range < 180``. ``n_detectors`` defaults
-    to ``ceil(√2·max(H, W))`` so that every pixel centre is seen at every angle.
-    ``pinv``/``normal_solve`` are the base class' CG.
+    Parses the image shape, ``extent`` and the angles: ``angles`` (degrees) overrides
+    ``n_angles``/``angle_range``/``angle_start``; otherwise the angles are
+    ``angle_start + i·angle_range/n_angles``, ``i < n_angles`` (endpoint excluded). A subclass sets
+    ``n_detectors`` and implements ``_points`` (physical sample coordinates), then calls ``_finish``.
     """
 
     #: the full sampling grid is cached per (device, dtype) when it needs at most this many bytes
@@ -100,40 +107,37 @@ class CT(LinearOperator):
     #: elements per intermediate tensor (samples or per-angle back-projections) when chunking angles
     chunk_elements: int = 2**23
 
-    def __init__(
-        self,
-        shape: tuple[int, int, int] | list[int] = (1, 32, 32),
-        n_angles: int = 180,
-        angle_range: float = 180.0,
-        angle_start: float = 0.0,
-        n_detectors: int | None = None,
-        angles: list[float] | None = None,
-    ):
+    def _parse_geometry(self, shape, n_angles, angle_range, angle_start, angles, extent) -> None:
+        owner = type(self).__name__
         if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) != 3:
-            raise ValueError(f"CT: shape must be (C, H, W), got {shape!r}")
-        C, H, W = (_check_int(f"shape[{i}]", s, 1) for i, s in enumerate(shape))
-        self.angle_range = _check_float("angle_range", angle_range)
-        self.angle_start = _check_float("angle_start", angle_start)
+            raise ValueError(f"{owner}: shape must be (C, H, W), got {shape!r}")
+        self._shape = tuple(_check_int(owner, f"shape[{i}]", s, 1) for i, s in enumerate(shape))
+        _, H, W = self._shape
+        self.extent = _check_float(owner, "extent", extent, positive=True)
+        self.pixel_size = self.extent / max(H, W)
+        self.angle_range = _check_float(owner, "angle_range", angle_range)
+        self.angle_start = _check_float(owner, "angle_start", angle_start)
         if angles is not None:
             if isinstance(angles, (str, bytes)) or not isinstance(angles, Sequence) or len(angles) == 0:
-                raise ValueError(f"CT: angles must be a non-empty list of degrees, got {angles!r}")
-            self._angles = [_check_float(f"angles[{i}]", a) for i, a in enumerate(angles)]
+                raise ValueError(f"{owner}: angles must be a non-empty list of degrees, got {angles!r}")
+            self._angles = [_check_float(owner, f"angles[{i}]", a) for i, a in enumerate(angles)]
             self._explicit_angles = True
         else:
-            n_angles = _check_int("n_angles", n_angles, 1)
+            n_angles = _check_int(owner, "n_angles", n_angles, 1)
             if not 0.0 < self.angle_range <= 360.0:
-                raise ValueError(f"CT: angle_range must lie in (0, 360] degrees, got {angle_range}")
+                raise ValueError(f"{owner}: angle_range must lie in (0, 360] degrees, got {angle_range}")
             step = self.angle_range / n_angles
             self._angles = [self.angle_start + i * step for i in range(n_angles)]
             self._explicit_angles = False
         self.n_angles = len(self._angles)
-        if n_detectors is None:
-            n_detectors = math.ceil(math.sqrt(2.0) * max(H, W))
-        self.n_detectors = _check_int("n_detectors", n_detectors, 1)
-        # interpolated image lives in |row − cy| < (H+1)/2, |col − cx| < (W+1)/2: every integer ray
-        # offset with |s| < R (half that box's diagonal) is needed, none beyond
-        R = 0.5 * math.hypot(H + 1, W + 1)
-        self.n_rays = 2 * math.ceil(R) - 1
+        # the interpolated image lives in |row − cy| < (H+1)/2, |col − cx| < (W+1)/2 (pixels): every
+        # ray sample within R (half that box's diagonal) of the ray's closest point to the centre
+        self.support_radius = 0.5 * math.hypot(H + 1, W + 1) * self.pixel_size
+        self.n_rays = 2 * math.ceil(0.5 * math.hypot(H + 1, W + 1)) - 1
+
+    def _finish(self, n_detectors: int) -> None:
+        self.n_detectors = _check_int(type(self).__name__, "n_detectors", n_detectors, 1)
+        C, H, W = self._shape
         super().__init__((C, H, W), (C, self.n_angles, self.n_detectors))
         self._grid_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -143,44 +147,39 @@ class CT(LinearOperator):
         """Projection angles in degrees, ``(n_angles,)`` float64 on the CPU."""
         return torch.tensor(self._angles, dtype=torch.float64)
 
-    def config(self) -> dict[str, Any]:
+    def _angles_config(self) -> dict[str, Any]:
         return {
             "shape": list(self.x_shape),
             "n_angles": self.n_angles,
             "angle_range": self.angle_range,
             "angle_start": self.angle_start,
-            "n_detectors": self.n_detectors,
             "angles": list(self._angles) if self._explicit_angles else None,
+            "extent": self.extent,
         }
 
     def extra_repr(self) -> str:
         a = self._angles
-        return f"{super().extra_repr()}, angles=[{a[0]:g}..{a[-1]:g}] ({self.n_angles}), n_rays={self.n_rays}"
+        return (f"{super().extra_repr()}, angles=[{a[0]:g}..{a[-1]:g}] ({self.n_angles}), n_rays={self.n_rays}, "
+                f"pixel_size={self.pixel_size:g}")
 
     # ----------------------------------------------------------------- sampling grid
-    def _make_grid(self, a0: int, a1: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """Normalised ``grid_sample`` coordinates ``(a1 − a0, n_rays, n_det, 2)`` of angles a0..a1−1.
+    def _points(self, a0: int, a1: int) -> torch.Tensor:
+        """Physical sample coordinates ``(a1 − a0, n_rays, n_det, 2)`` as (x, y), float64."""
+        raise NotImplementedError
 
-        With ``align_corners=False`` a pixel column ``col`` sits at ``(2 col + 1)/W − 1`` and
-        affine_grid's base coordinate of detector k is ``2 t_k / n_det`` (ray j: ``2 s_j / n_rays``), so
-        the map from base to input coordinates is linear with the matrix below (centre ↦ 0).
-        """
+    def _make_grid(self, a0: int, a1: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``grid_sample`` coordinates of ``_points``: with ``align_corners=False`` the image spans
+        [−1, 1] edge to edge, i.e. ``x/(W p/2)`` along columns and ``−y/(H p/2)`` along rows."""
         _, H, W = self.x_shape
-        th = torch.tensor(self._angles[a0:a1], dtype=torch.float64) * (math.pi / 180.0)
-        c, s = torch.cos(th), torch.sin(th)
-        nd, nr = self.n_detectors, self.n_rays
-        zero = torch.zeros_like(c)
-        theta = torch.stack(
-            [torch.stack([nd * c / W, nr * s / W, zero], -1), torch.stack([-nd * s / H, nr * c / H, zero], -1)], 1
-        ).to(device=device, dtype=dtype)
+        scale = torch.tensor([2.0 / (W * self.pixel_size), -2.0 / (H * self.pixel_size)], dtype=torch.float64)
         # built outside inference mode so a cached grid is an ordinary tensor usable by autograd later
         with torch.inference_mode(False), torch.no_grad():
-            return F.affine_grid(theta, [a1 - a0, 1, nr, nd], align_corners=False)
+            return (self._points(a0, a1) * scale).to(device=device, dtype=dtype)
 
     def _grid_chunks(self, like: torch.Tensor, per_angle: int):
         """Yield ``(a0, a1, grid)`` over angle chunks whose intermediates have ≲ chunk_elements."""
         if not like.is_floating_point():
-            raise TypeError(f"CT: inputs must be floating point, got {like.dtype}")
+            raise TypeError(f"{type(self).__name__}: inputs must be floating point, got {like.dtype}")
         step = max(1, min(self.n_angles, self.chunk_elements // max(1, per_angle)))
         key = (like.device, like.dtype)
         grid = self._grid_cache.get(key)
@@ -203,7 +202,9 @@ class CT(LinearOperator):
                 xs.expand(a1 - a0, BC, H, W), grid, mode="bilinear", padding_mode="zeros", align_corners=False
             )  # (a, BC, n_rays, n_det)
             out.append(samples.sum(2))
-        return torch.cat(out, 0).transpose(0, 1).reshape(B, C, self.n_angles, self.n_detectors)
+        # samples every pixel_size along the ray: Σ · p approximates the line integral
+        y = torch.cat(out, 0).transpose(0, 1).reshape(B, C, self.n_angles, self.n_detectors)
+        return y * self.pixel_size
 
     def _backproject(self, y: torch.Tensor) -> torch.Tensor:
         B, C = y.shape[:2]
@@ -220,7 +221,7 @@ class CT(LinearOperator):
                 g, shape_only.expand(a, BC, H, W), grid, _BILINEAR, _ZEROS, False, [True, False]
             )
             x += gx.sum(0)  # transpose of expanding the image over the angle axis
-        return x.reshape(B, C, H, W)
+        return x.reshape(B, C, H, W) * self.pixel_size
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return _Project.apply(x, self)
@@ -228,9 +229,63 @@ class CT(LinearOperator):
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return _Backproject.apply(y, self)
 
+
+class CT(RayTransform):
+    """Parallel-beam Radon transform ``(C, H, W) → (C, n_angles, n_detectors)``, channels independent.
+
+    Angles (degrees) as in ``RayTransform``: sparse view = few angles over 180°, limited angle =
+    ``angle_range < 180``. ``extent``: physical side of the image's longer side (default 2, i.e.
+    ``[-1, 1]²``; ``extent = max(H, W)`` gives the pixel units of skimage's ``radon``).
+    ``detector_spacing`` (physical) defaults to the pixel size; ``n_detectors`` defaults to enough
+    detectors to cover the diagonal of a square of side ``extent`` (``ceil(√2·max(H, W))`` at the
+    default spacing), so every pixel centre is seen at every angle. ``pinv``/``normal_solve`` are the
+    base class' CG.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int] | list[int] = (1, 32, 32),
+        n_angles: int = 180,
+        angle_range: float = 180.0,
+        angle_start: float = 0.0,
+        n_detectors: int | None = None,
+        angles: list[float] | None = None,
+        extent: float = 2.0,
+        detector_spacing: float | None = None,
+    ):
+        self._parse_geometry(shape, n_angles, angle_range, angle_start, angles, extent)
+        _, H, W = self._shape
+        if detector_spacing is None:
+            self.detector_spacing = self.pixel_size
+            default_n = math.ceil(math.sqrt(2.0) * max(H, W))
+        else:
+            self.detector_spacing = _check_float("CT", "detector_spacing", detector_spacing, positive=True)
+            default_n = math.ceil(math.sqrt(2.0) * self.extent / self.detector_spacing - 1e-9)
+        self._explicit_spacing = detector_spacing is not None
+        self._finish(default_n if n_detectors is None else n_detectors)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **self._angles_config(),
+            "n_detectors": self.n_detectors,
+            "detector_spacing": self.detector_spacing if self._explicit_spacing else None,
+        }
+
+    @property
+    def detector_positions(self) -> torch.Tensor:
+        """Physical detector offsets ``t_k`` from the rotation centre, ``(n_detectors,)`` float64."""
+        return (torch.arange(self.n_detectors, dtype=torch.float64) - (self.n_detectors - 1) / 2) * self.detector_spacing
+
+    def _points(self, a0: int, a1: int) -> torch.Tensor:
+        th = torch.tensor(self._angles[a0:a1], dtype=torch.float64) * (math.pi / 180.0)
+        c, s = torch.cos(th)[:, None, None], torch.sin(th)[:, None, None]
+        t = self.detector_positions[None, None, :]
+        r = ((torch.arange(self.n_rays, dtype=torch.float64) - (self.n_rays - 1) / 2) * self.pixel_size)[None, :, None]
+        return torch.stack([t * c + r * s, t * s - r * c], -1)  # x = t e_t + s e_s
+
     # ----------------------------------------------------------------- classical reconstruction
     def ramp_filter(self, y: torch.Tensor) -> torch.Tensor:
-        """Convolve every projection with the band-limited ramp filter (Ram–Lak, unit spacing).
+        """Convolve every projection with the band-limited ramp filter (Ram–Lak, unit detector spacing).
 
         Kernel ``h[0] = 1/4``, ``h[k] = −1/(πk)²`` for odd k, 0 for even k ≠ 0 (the inverse DTFT of
         ``|ν|`` on ``|ν| ≤ 1/2``); linear convolution via a zero-padded FFT (no wrap-around).
@@ -243,17 +298,19 @@ class CT(LinearOperator):
         h[0] = 0.25
         # FFTs need at least float32 (no half-precision FFT on the CPU)
         work = y if y.dtype in (torch.float32, torch.float64) else y.float()
-        H = torch.fft.rfft(h).real.to(device=y.device, dtype=work.dtype)  # h is even, so its DFT is real
-        return torch.fft.irfft(torch.fft.rfft(work, n=P, dim=-1) * H, n=P, dim=-1)[..., :n].to(y.dtype)
+        Hf = torch.fft.rfft(h).real.to(device=y.device, dtype=work.dtype)  # h is even, so its DFT is real
+        return torch.fft.irfft(torch.fft.rfft(work, n=P, dim=-1) * Hf, n=P, dim=-1)[..., :n].to(y.dtype)
 
     def fbp(self, y: torch.Tensor) -> torch.Tensor:
-        """Filtered back-projection: ramp filter, then ``Aᵀ`` scaled by ``π / n_angles``.
+        """Filtered back-projection: ramp filter, then ``Aᵀ`` scaled by ``π / (n_angles p²)``.
 
-        (The same as skimage's ``2|ν|`` filter with ``π/(2·n_angles)``.) The scale is the quadrature
-        weight of angles spread uniformly over 180°; with limited-angle or irregular sets it is only a
-        rough reconstruction, and even over 180° it is slightly smoothed by the bilinear transpose.
+        In physical units the ramp kernel is ``h[k]/Δ`` and a back-projection over one angle is
+        ``(Δ/p²)·Aᵀ`` (ray samples every p, detectors every Δ), so Δ cancels. (Unit pixels: skimage's
+        ``2|ν|`` filter with ``π/(2·n_angles)``.) The angle weight assumes angles spread uniformly over
+        180°; with limited-angle or irregular sets it is only a rough reconstruction, and even over 180°
+        it is slightly smoothed by the bilinear transpose.
         """
         self._check(y, self.y_shape, "y")
         if not y.is_floating_point():
             raise TypeError(f"CT: inputs must be floating point, got {y.dtype}")
-        return self.adjoint(self.ramp_filter(y)) * (math.pi / self.n_angles)
+        return self.adjoint(self.ramp_filter(y)) * (math.pi / (self.n_angles * self.pixel_size**2))

@@ -27,8 +27,8 @@ def tasks(size: int):
     from diffpost.operators import CT, Blur
 
     return {
-        "ct_sparse": (lambda: CT((1, size, size), n_angles=16), 0.5),
-        "ct_limited": (lambda: CT((1, size, size), n_angles=60, angle_range=90.0), 0.5),
+        "ct_sparse": (lambda: CT((1, size, size), n_angles=16), 0.03125),
+        "ct_limited": (lambda: CT((1, size, size), n_angles=60, angle_range=90.0), 0.03125),
         "blur": (lambda: Blur((1, size, size), kernel_size=13, blur_sigma=2.0), 0.05),
     }
 
