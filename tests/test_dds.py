@@ -278,6 +278,11 @@ def test_divergence_names_the_step():
         simulate(lambda x, t, s: torch.full_like(x, float("nan")), _BadTarget(), disc, 6, generator=make_generator(0))
     with pytest.raises(ValueError, match="control returned"):
         simulate(lambda x, t, s: x[:, :1], _BadTarget(), disc, 6, generator=make_generator(0))
+    # catches: a state that overflows while the control and the (flat) target's gradient stay finite:
+    # β_k² = 1/2, so y grows by ≈ 1.5e38 a step from a finite float32 control and passes 3.4e38 at step 3
+    flat = type("Flat", (), {"dim": 2, "log_prob": lambda self, x: 0.0 * x.sum(1)})()
+    with pytest.raises(SamplerDivergedError, match=r"^DDS diffusion sampler step 3/8 .*the state is not finite \(\+inf"):
+        simulate(lambda x, t, s: torch.full_like(x, 3e38), flat, disc, 6, generator=make_generator(0))
 
 
 @pure

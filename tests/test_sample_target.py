@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from diffpost.targets import Funnel, FourMode2D, GaussianMixture
-from lightning_modules.dds import DDSModule, DiffusionSamplerBase
+from lightning_modules.dds import DDSModule
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "sample_target.py"
@@ -183,15 +183,24 @@ def test_bad_options_exit_2(ckpts, capsys):
 
 
 def test_divergence_exits_1_without_partial_results(ckpts, monkeypatch, capsys):
-    from diffpost.samplers.errors import SamplerDivergedError
+    """A target whose gradient turns NaN from its 4th call: the real simulation guard (not a mocked
+    error) raises at step 3, and the script prints one line naming the sampler and step, exits 1 and
+    writes nothing. Catches: a guard missing from the path, or results written before sampling ends."""
+    calls = {"n": 0}
+    real = FourMode2D.grad_log_prob
 
-    def diverge(self, *args, **kwargs):
-        raise SamplerDivergedError("diffusion sampler step 3/8: the control is not finite")
+    def poisoned(self, x):
+        calls["n"] += 1
+        g = real(self, x)
+        return g if calls["n"] < 4 else torch.full_like(g, float("nan"))
 
-    monkeypatch.setattr(DiffusionSamplerBase, "sample", diverge)
+    monkeypatch.setattr(FourMode2D, "grad_log_prob", poisoned)
     out = ckpts["dir"] / "diverged"
     assert _run(ckpts["trained"], out, "--n", 4) == 1
-    assert "diverged" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("sample_target.py: error: the sampler diverged: DDS diffusion sampler step 3/8"), err
+    assert "gradient is not finite (NaN" in err
     assert not out.exists()
     _no_leftovers(out.parent, out.name)
 

@@ -446,6 +446,38 @@ def test_bad_arguments_raise():
         CountingDenoiser(3)
 
 
+# ------------------------------------------------------------------------------ divergence guards
+class _Poisoned:
+    """The identity denoiser (D(x, σ) = x) that returns NaN (or +inf) in one row from its ``bad``-th call."""
+
+    def __init__(self, bad: int, value: float = float("nan")):
+        self.calls, self.bad, self.value = 0, bad, value
+
+    def __call__(self, x, sigma):
+        self.calls += 1
+        out = x.clone()
+        if self.calls > self.bad:
+            out[1, 0] = self.value
+        return out
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "euler_maruyama", "edm_stochastic"])
+def test_non_finite_state_raises_naming_sampler_and_step(name):
+    """Catches: a sampler that lets a diverging denoiser's NaN/inf through to its output (exit 0 with
+    NaN samples). Heun calls the denoiser twice per step, the others once: call 5 is step 2 or step 4."""
+    from diffpost.samplers import SamplerDivergedError
+
+    x = torch.ones(3, 2, dtype=DT)
+    grid = [4.0, 2.0, 1.0, 0.5, 0.25, 0.1, 0.0]
+    fn = {"euler": euler, "heun": heun, "euler_maruyama": euler_maruyama, "edm_stochastic": edm_stochastic}[name]
+    kw = {} if name in ("euler", "heun") else {"generator": make_generator(0)}
+    step = 2 if name in ("heun", "edm_stochastic") else 4
+    with pytest.raises(SamplerDivergedError, match=rf"^{name}: state is not finite at step {step} \(σ = {grid[step]:g}\).*NaN in 1 of 3"):
+        fn(_Poisoned(bad=4), x, grid, **kw)
+    with pytest.raises(SamplerDivergedError, match=rf"^{name}: state is not finite at step 0"):  # inf (or inf − inf)
+        fn(_Poisoned(bad=0, value=float("inf")), x, grid, **kw)
+
+
 # ------------------------------------------------------------------------------ oracle demo
 def test_oracle_demo_small_run(capsys):
     """``python -m diffpost.oracle`` end to end on the real priors and operators (small and coarse):

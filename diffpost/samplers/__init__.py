@@ -10,6 +10,7 @@ from diffpost.samplers.base import (
     heun,
     initial_noise,
 )
+from diffpost.samplers.errors import SamplerDivergedError, check_finite, check_state
 
 __all__ = [
     "Callback",
@@ -21,4 +22,7 @@ __all__ = [
     "euler_maruyama",
     "heun",
     "initial_noise",
+    "SamplerDivergedError",
+    "check_finite",
+    "check_state",
 ]

@@ -17,6 +17,9 @@ last step return the denoised mean ``D(x, σ_last)`` (no noise left). Noise with
 (function-space priors, METHODS §3.4) enters only through the ``noise`` callable and
 ``initial_noise``; the default is white noise.
 
+Divergence: after every step the state is checked (one ``isfinite(x).all()``); a NaN/inf raises
+``diffpost.samplers.errors.SamplerDivergedError`` naming the sampler, the step and σ.
+
 No ``torch.no_grad`` here: guidance needs gradients and callers choose ``torch.no_grad()`` /
 ``torch.inference_mode()`` themselves.
 """
@@ -29,6 +32,7 @@ from typing import Any, Union
 import torch
 
 from diffpost.random import GeneratorLike, randn_like
+from diffpost.samplers.errors import check_state
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``noise(x_like, generator) -> tensor`` with the shape of ``x_like``, drawn from ``N(0, C)``
@@ -140,6 +144,7 @@ def euler(denoiser: Denoiser, x: torch.Tensor, sigmas: SigmaGrid, *, callback: C
         _emit(callback, i, x, s[i], s[i], s[i + 1], den)
         # x + (σ' − σ)(x − D)/σ; for σ' = 0 this is D exactly, written so to avoid rounding
         x = den if s[i + 1] == 0 else x + (s[i + 1] - s[i]) / s[i] * (x - den)
+        check_state(x, "euler", i, s[i])
     return x
 
 
@@ -153,6 +158,7 @@ def heun(denoiser: Denoiser, x: torch.Tensor, sigmas: SigmaGrid, *, callback: Ca
     s = _grid(sigmas)
     for i in range(len(s) - 1):
         x = _heun_step(denoiser, x, s[i], s[i + 1], i, s[i], callback)
+        check_state(x, "heun", i, s[i])
     return x
 
 
@@ -189,9 +195,10 @@ def euler_maruyama(
         _emit(callback, i, x, sig, sig, nxt, den)
         if nxt == 0:
             x = den
-            continue
-        delta = sig * sig - nxt * nxt
-        x = x + (delta / (sig * sig)) * (den - x) + math.sqrt(delta) * _draw(noise, x, generator)
+        else:
+            delta = sig * sig - nxt * nxt
+            x = x + (delta / (sig * sig)) * (den - x) + math.sqrt(delta) * _draw(noise, x, generator)
+        check_state(x, "euler_maruyama", i, sig)
     return x
 
 
@@ -232,4 +239,5 @@ def edm_stochastic(
         if gamma > 0:
             x = x + (s_noise * math.sqrt(sig_hat * sig_hat - sig * sig)) * _draw(noise, x, generator)
         x = _heun_step(denoiser, x, sig_hat, s[i + 1], i, sig, callback)
+        check_state(x, "edm_stochastic", i, sig)
     return x

@@ -176,7 +176,8 @@ def target_score(target: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def _where(k: int, disc: Discretisation) -> str:
-    return f"diffusion sampler step {k}/{disc.n_steps} (t={disc.times[k]:.4g})"
+    kind = "DDS" if disc.init_std > 0 else "PIS"  # Gaussian start (DDS, bridge) or a point (PIS)
+    return f"{kind} diffusion sampler step {k}/{disc.n_steps} (t={disc.times[k]:.4g})"
 
 
 # ---------------------------------------------------------------------------------------- simulation
@@ -220,8 +221,7 @@ def simulate(
     ``target``: anything with ``dim`` and ``log_prob(x) -> (B,)`` (up to a constant), optionally
     ``grad_log_prob``. Gradients flow through the path into ``control``'s parameters and ``G`` (the
     score fed to the control is detached). Raises ``SamplerDivergedError`` naming the step where the
-    target's gradient, the control or the final log-density is NaN/inf (a non-finite state shows up
-    in the next gradient).
+    target's gradient, the control, the state or the final log-density is NaN/inf.
     """
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"simulate: n must be a positive integer, got {n!r}")
@@ -245,6 +245,7 @@ def simulate(
         C = C + (b * b / (2 * sr * sr)) * u.square().sum(1)
         S = S + (b / sr) * (u * eps).sum(1)
         y = disc.a[k] * y + (b * b) * u + (sr * b) * eps
+        check_finite(y, "the state", _where(k, disc))
         if keep_path:
             scores.append(score)
             states.append(y)

@@ -1,7 +1,7 @@
-"""Failure reporting shared by the Monte Carlo samplers (rdMC, ULA, MALA).
+"""The project's one divergence error, and the cheap finiteness checks every sampler runs per step.
 
 A sampler that meets a non-finite density, gradient or state stops with ``SamplerDivergedError``
-naming the step, instead of carrying a NaN into its output.
+naming itself and the step, instead of carrying a NaN into its output (and a script writing it).
 """
 from __future__ import annotations
 
@@ -9,16 +9,35 @@ import torch
 
 
 class SamplerDivergedError(RuntimeError):
-    """A density, gradient or sampler state became NaN or infinite; the message names the step."""
+    """A density, gradient or sampler state became NaN or infinite; the message names the sampler and step."""
+
+
+def _describe(t: torch.Tensor) -> str:
+    """Which non-finite values, in how many rows (only computed once something is wrong)."""
+    bad = ~torch.isfinite(t)
+    rows = bad.reshape(bad.shape[0], -1).any(1) if t.dim() > 0 else bad.reshape(1)
+    kinds = [k for k, m in (("NaN", torch.isnan(t)), ("+inf", t == float("inf")), ("-inf", t == float("-inf"))) if bool(m.any())]
+    return f"{'/'.join(kinds)} in {int(rows.sum())} of {rows.numel()} rows"
 
 
 def check_finite(t: torch.Tensor, what: str, where: str) -> None:
-    """Raise ``SamplerDivergedError`` if ``t`` has a NaN or ±inf; ``where`` names the step."""
-    bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        rows = bad.reshape(bad.shape[0], -1).any(1) if t.dim() > 0 else bad.reshape(1)
-        kinds = [k for k, m in (("NaN", torch.isnan(t)), ("+inf", t == float("inf")), ("-inf", t == float("-inf"))) if bool(m.any())]
-        raise SamplerDivergedError(
-            f"{where}: {what} is not finite ({'/'.join(kinds)} in {int(rows.sum())} of {rows.numel()} rows); "
-            "check the target's log-density/gradient there or reduce the step size"
-        )
+    """Raise ``SamplerDivergedError`` if ``t`` has a NaN or ±inf; ``where`` names the sampler and step.
+
+    One ``isfinite(t).all()`` (a single reduction and host sync) when all is well."""
+    if bool(torch.isfinite(t).all()):
+        return
+    raise SamplerDivergedError(
+        f"{where}: {what} is not finite ({_describe(t)}); "
+        "check the target's log-density/gradient (or the network) there, or reduce the step size"
+    )
+
+
+def check_state(x: torch.Tensor, sampler: str, step: int, sigma: float | None = None) -> None:
+    """Per-step guard of the σ-space samplers: ``"heun: state is not finite at step 3 (σ = 0.42)"``."""
+    if bool(torch.isfinite(x).all()):
+        return
+    at = f"step {step}" + ("" if sigma is None else f" (σ = {sigma:.3g})")
+    raise SamplerDivergedError(
+        f"{sampler}: state is not finite at {at} ({_describe(x)}); the denoiser returned NaN/inf or the "
+        "chain diverged (check the network or checkpoint, or use more steps)"
+    )
