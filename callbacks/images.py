@@ -12,16 +12,22 @@ from callbacks.reconstruction import eval_items
 from lightning_modules.reconstruct import Reconstructor, Tikhonov
 
 
-def to_display(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] → [0, 1] for display."""
-    return ((x.float() + 1) / 2).clamp(0, 1)
+def grid_rows(rows: list[tuple[torch.Tensor, bool]], padding: int = 1, pad_value: float = 1.0) -> torch.Tensor:
+    """One ``(3, H', W')`` grid in [0, 1]: a row per ``(images, autoscale)`` entry, images ``(n, C, H, W)``.
 
-
-def autoscale(x: torch.Tensor) -> torch.Tensor:
-    """Per-image min–max scaling (back-projections live on another scale)."""
-    flat = x.float().flatten(1)
-    lo, hi = flat.min(1).values.view(-1, 1, 1, 1), flat.max(1).values.view(-1, 1, 1, 1)
-    return (x.float() - lo) / (hi - lo).clamp_min(1e-12)
+    torchvision's ``make_grid`` normalises each row: images in the data range [-1, 1] are clamped and
+    mapped to [0, 1]; ``autoscale`` rows (back-projections, on another scale) are min–max scaled per
+    image. Images that are neither grey nor RGB show channel 0.
+    """
+    grids = []
+    for k, (images, autoscale) in enumerate(rows):
+        images = images.detach().to(torch.float32).cpu()
+        if images.shape[1] not in (1, 3):
+            images = images[:, :1]
+        norm = {"scale_each": True} if autoscale else {"value_range": (-1.0, 1.0)}
+        g = make_grid(images, nrow=len(images), padding=padding, pad_value=pad_value, normalize=True, **norm)
+        grids.append(g if k == 0 else g[:, padding:])  # rows share the padding line between them
+    return torch.cat(grids, dim=1)
 
 
 class ImageLogger(pl.Callback):
@@ -32,7 +38,9 @@ class ImageLogger(pl.Callback):
     Runs on rank 0 only, at the first validation batch (so the EMA weights are the ones shown). W&B
     and TensorBoard loggers get the image, and a PNG always goes to ``<log_dir>/images/``. Skipped
     under ``fast_dev_run`` (Lightning disables loggers there). A ``PosteriorSampling`` reconstructor
-    shows posterior means; it then samples ``n_images`` measurements on rank 0.
+    shows posterior means; it then samples ``n_images`` measurements on rank 0. For UCoS, the one-call
+    MMSE estimate is ``PosteriorSampling(method=diffpost.posterior.ucos.UCoSMMSE())`` (one network call
+    per image; configs/callbacks/ucos_cpu.yaml).
     """
 
     CAPTION = "rows: truth | Aᵀy (scaled) | reconstruction | unconditional samples"
@@ -60,14 +68,11 @@ class ImageLogger(pl.Callback):
             x, y, index = (batch[k].to(device) for k in ("x", "y", "index"))
             op = dm.operator.to(device)
             x_hat, _ = self.reconstructor(pl_module, y, op, dm.sigma_y, index)
-            rows = [to_display(x), autoscale(op.adjoint(y)), to_display(x_hat.detach())]
+            rows = [(x, False), (op.adjoint(y), True), (x_hat, False)]
             if self.log_samples and hasattr(pl_module, "sample"):
                 samples, _ = pl_module.sample(len(index), num_steps=self.sample_steps, shape=tuple(x.shape[1:]))
-                rows.append(to_display(samples))
-        grid = torch.cat([r.to(torch.float32).cpu() for r in rows])
-        if grid.shape[1] not in (1, 3):  # torchvision grids are grey or RGB: show channel 0
-            grid = grid[:, :1]
-        return make_grid(grid, nrow=len(index), padding=1, pad_value=1.0)
+                rows.append((samples, False))
+        return grid_rows(rows)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if (batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking or trainer.fast_dev_run

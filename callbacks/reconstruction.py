@@ -1,12 +1,40 @@
-"""``ReconstructionMetrics``: PSNR/SSIM of a configurable reconstruction on fixed validation/test data."""
+"""``ReconstructionMetrics``: PSNR/SSIM of a configurable reconstruction on fixed validation/test data.
+
+PSNR and SSIM are torchmetrics' functional metrics here. The math core (``diffpost.image_quality``)
+keeps its own small implementation because importing torchmetrics imports torchvision, which the core
+must not; tests hold both to scikit-image.
+"""
 from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
 from torchmetrics import MeanMetric
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from diffpost.image_quality import psnr, ssim
+from diffpost.image_quality import to_unit_range
 from lightning_modules.reconstruct import Reconstructor, Tikhonov
+
+
+def image_psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (dB) of ``(B, C, H, W)`` images in [-1, 1], mapped to [0, 1] with data range 1."""
+    return peak_signal_noise_ratio(to_unit_range(x_hat), to_unit_range(x), data_range=1.0, reduction="none",
+                                   dim=tuple(range(1, x.dim())))
+
+
+#: half-width of SSIM's Gaussian window (σ = 1.5 truncated at 3.5σ: 11 pixels)
+_SSIM_PAD = 5
+
+
+def image_ssim(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM (Gaussian window 11, σ 1.5, data range 1 on [0, 1]) averaged over the pixels
+    whose window lies inside the image, like scikit-image's ``structural_similarity(gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False)``: torchmetrics' own mean also covers a reflect-padded
+    border, which moves SSIM by ~0.005 at 32²."""
+    if x.dim() != 4 or min(x.shape[-2:]) <= 2 * _SSIM_PAD:
+        raise ValueError(f"image_ssim: expected (B, C, H, W) images larger than {2 * _SSIM_PAD}², got {tuple(x.shape)}")
+    _, ssim_map = structural_similarity_index_measure(to_unit_range(x_hat), to_unit_range(x), gaussian_kernel=True,
+                                                      sigma=1.5, data_range=1.0, reduction="none", return_full_image=True)
+    return ssim_map[..., _SSIM_PAD:-_SSIM_PAD, _SSIM_PAD:-_SSIM_PAD].flatten(1).mean(1)
 
 
 def eval_items(datamodule, split: str, n: int) -> dict[str, torch.Tensor]:
@@ -67,8 +95,8 @@ class ReconstructionMetrics(pl.Callback):
                 x = mine["x"]
                 x_hat, _ = self.reconstructor(pl_module, mine["y"], dm.operator.to(device), dm.sigma_y, mine["index"])
                 x_hat = x_hat.detach().to(x.dtype)
-                self.psnr.update(psnr(x_hat, x))
-                self.ssim.update(ssim(x_hat, x))
+                self.psnr.update(image_psnr(x_hat, x))
+                self.ssim.update(image_ssim(x_hat, x))
         self._pending = split
 
     def _log(self, pl_module: pl.LightningModule, split: str) -> None:
@@ -76,8 +104,8 @@ class ReconstructionMetrics(pl.Callback):
             return
         name = self.reconstructor.name
         # compute() syncs the sums over ranks: every rank logs the global mean (no sync_dist needed)
-        pl_module.log(f"{split}/{name}/psnr", self.psnr.compute(), sync_dist=False)
-        pl_module.log(f"{split}/{name}/ssim", self.ssim.compute(), sync_dist=False)
+        pl_module.log(f"{split}/{name}/psnr", self.psnr.compute(), sync_dist=False, prog_bar=True)
+        pl_module.log(f"{split}/{name}/ssim", self.ssim.compute(), sync_dist=False, prog_bar=True)
         self.psnr.reset()
         self.ssim.reset()
         self._pending = None

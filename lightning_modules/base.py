@@ -65,8 +65,13 @@ class DiffpostModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def build_optimizer(self, lr: float, weight_decay: float, warmup_steps: int, lr_schedule: Literal["constant", "cosine"]):
-        """AdamW with a linear warm-up over ``warmup_steps`` and then a constant or cosine-decaying rate
-        (cosine reaches 0 at the trainer's last step). Stepped every optimiser step."""
+        """AdamW, stepped every optimiser step, with torch's schedulers: a linear warm-up (``LinearLR``)
+        then a constant rate or a cosine decay (``CosineAnnealingLR``), chained by ``SequentialLR``.
+
+        With ``W = warmup_steps`` (0 and 1 mean none) and ``T`` the trainer's total optimiser steps, the
+        rate at step ``t`` (0-based) is ``lr (t + 1)/W`` for ``t < W``, then ``lr`` (constant) or
+        ``lr ½(1 + cos(π (t − W)/(T − W)))`` (cosine; 0 at ``t = T``). The schedulers' state is in the
+        checkpoint, so a resumed run continues the same schedule."""
         if not (lr > 0 and math.isfinite(lr)):
             raise ValueError(f"lr must be a positive number, got {lr}")
         if weight_decay < 0:
@@ -75,19 +80,18 @@ class DiffpostModule(pl.LightningModule):
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        sched = torch.optim.lr_scheduler
         opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
-        total = None
+        warmup = warmup_steps if warmup_steps > 1 else 0
         if lr_schedule == "cosine":
             estimated = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
             if not math.isfinite(estimated):
                 raise ValueError("lr_schedule='cosine' needs a finite run: set trainer.max_steps or trainer.max_epochs")
-            total = max(1, int(estimated))
-
-        def factor(step: int) -> float:
-            f = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-            if total is not None:
-                f *= 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
-            return f
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            after = sched.CosineAnnealingLR(opt, T_max=max(1, int(estimated) - warmup), eta_min=0.0)
+        else:
+            after = sched.ConstantLR(opt, factor=1.0, total_iters=0)
+        scheduler = after
+        if warmup:
+            ramp = sched.LinearLR(opt, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup - 1)
+            scheduler = sched.SequentialLR(opt, [ramp, after], milestones=[warmup])
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -3,43 +3,31 @@ layered --config files, dotted overrides as W&B sweep agents pass them).
 
 Additions to LightningCLI:
 - task arguments given once: a model whose ``__init__`` takes ``operator`` and/or ``sigma_y`` (UCoS)
-  receives the DataModule's ``data.init_args.operator``/``sigma_y`` unless set explicitly (and a
-  different explicit value is an error: the model would be trained for another task than the data's);
+  receives the DataModule's ``data.init_args.operator``/``sigma_y`` through jsonargparse's
+  ``link_arguments`` (a model without the parameter is left alone; an explicit model value that differs
+  from the data's is an error: the model would be trained for another task than the data's);
+- the run's full config (the ``config.yaml`` LightningCLI saves) and the module's complete
+  hyper-parameters, network and operator specs included, go to every logger (W&B's run config);
 - ``--ckpt_path`` is checked before anything is built or written (readable, ``weights_only``-safe),
   with a message that says what is wrong with the file.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib
-import inspect
-import io
 import json
-import sys
 from typing import Any
 
 import lightning.pytorch as pl
+import yaml
 from jsonargparse import Namespace
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lightning_modules.base import DiffpostModule
-from lightning_modules.checkpoint import safe_load
+from lightning_modules.checkpoint import safe_load, same_task_value
 
-#: model ``__init__`` parameters filled from ``data.init_args`` when not given
+#: model ``__init__`` parameters filled from ``data.init_args`` when the model has them
 TASK_ARGUMENTS = ("operator", "sigma_y")
 #: ``ckpt_path`` values Lightning resolves itself
 _SPECIAL_CKPT = ("last", "best", "hpc")
-
-
-def _lenient_context():
-    """jsonargparse's lenient mode (required init arguments may be missing); a private API, so an
-    absent one degrades to a strict probe (the task link then only works when the probe parses)."""
-    try:
-        from jsonargparse._common import parser_context
-
-        return parser_context(lenient_check=True)
-    except (ImportError, TypeError):  # pragma: no cover - other jsonargparse versions
-        return contextlib.nullcontext()
 
 
 def _plain(v: Any) -> Any:
@@ -52,6 +40,37 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def _same_task(name: str):
+    """The link's value: the data's, unless the model was given a different one (then an error)."""
+
+    def link(data_value: Any, model_value: Any) -> Any:
+        mine, theirs = _plain(model_value), _plain(data_value)
+        if mine is not None and not same_task_value(mine, theirs):  # a checkpoint's spec may spell it differently
+            raise ValueError(
+                f"model.init_args.{name} = {json.dumps(mine)} differs from data.init_args.{name} = "
+                f"{json.dumps(theirs)}: the model would be trained for another task than the data's. "
+                f"Set it only in the data section (the model receives it from there)."
+            )
+        return data_value
+
+    link.__name__ = f"same_{name}"
+    return link
+
+
+class LoggedConfigCallback(SaveConfigCallback):
+    """Saves ``config.yaml`` in the run folder (LightningCLI's behaviour) and logs, on rank 0, the full
+    CLI config as ``cli`` and the module's hyper-parameters including the network/operator specs that
+    Lightning's own hyper-parameter logging leaves out (it logs the ``__init__`` arguments as given,
+    before objects are replaced by their specs)."""
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        params = {"cli": yaml.safe_load(self.parser.dump(self.config, skip_none=False))}
+        params.update(_plain(dict(pl_module.hparams)))
+        params["n_parameters"] = sum(p.numel() for p in pl_module.parameters())
+        for logger in trainer.loggers:
+            logger.log_hyperparams(params)
+
+
 class DiffpostCLI(LightningCLI):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("model_class", DiffpostModule)
@@ -60,53 +79,22 @@ class DiffpostCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         # seeds network init and dataloader workers; noise draws use their own seeded generators
         kwargs.setdefault("seed_everything_default", 0)
-        # the resolved config is saved in the (per-run, versioned) log dir
+        # the resolved config is saved in the (per-run, versioned) log dir and logged to the loggers
+        kwargs.setdefault("save_config_callback", LoggedConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(*args, **kwargs)
 
-    # ------------------------------------------------------------------ parsing
-    def parse_arguments(self, parser, args) -> None:
-        if isinstance(args, (dict, Namespace)):
-            self.config = parser.parse_object(args)
-        else:
-            argv = list(sys.argv[1:] if args is None else args)
-            self.config = parser.parse_args(argv + self._task_arguments(parser, argv))
-        self._check_ckpt_path()
-
-    def _task_arguments(self, parser, argv: list[str]) -> list[str]:
-        """``--model.init_args.operator=...``/``sigma_y=...`` copied from the data section, as extra
-        command-line arguments (so they appear in the saved config like any other value)."""
-        probe = [a for a in argv if a not in ("-h", "--help") and a.split("=")[0] != "--print_config"]
-        try:  # a probe parse; the real parse below reports any error in the arguments
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), _lenient_context():
-                cfg = parser.parse_args(probe, _skip_validation=True)
-        except SystemExit:
-            return []
-        sub = cfg.get("subcommand")
-        section = cfg.get(sub) if sub else cfg
-        model, data = section.get("model"), section.get("data")
-        if not isinstance(model, Namespace) or not isinstance(data, Namespace) or not model.get("class_path"):
-            return []
-        module_name, _, cls_name = model.class_path.rpartition(".")
-        try:
-            params = inspect.signature(getattr(importlib.import_module(module_name), cls_name).__init__).parameters
-        except (ImportError, AttributeError, TypeError, ValueError):
-            return []
-        extra = []
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The model's own value is a source too, so that an explicit different value is reported, not
+        # silently replaced. jsonargparse skips a link whose source or target the chosen model class
+        # does not have (ScorePriorModule has no operator/sigma_y).
         for name in TASK_ARGUMENTS:
-            theirs = _plain((data.get("init_args") or Namespace()).get(name))
-            if name not in params or theirs is None:
-                continue
-            mine = _plain((model.get("init_args") or Namespace()).get(name))
-            if mine is None:
-                extra.append(f"--model.init_args.{name}={json.dumps(theirs)}")
-            elif mine != theirs:
-                parser.error(
-                    f"model.init_args.{name} = {json.dumps(mine)} differs from data.init_args.{name} = "
-                    f"{json.dumps(theirs)}: the model would be trained for another task than the data's. "
-                    f"Set it only in the data section (the model receives it from there)."
-                )
-        return extra
+            parser.link_arguments((f"data.init_args.{name}", f"model.init_args.{name}"), f"model.init_args.{name}",
+                                  compute_fn=_same_task(name), apply_on="parse")
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        self._check_ckpt_path()
 
     def _check_ckpt_path(self) -> None:
         sub = self.config.get("subcommand")

@@ -176,6 +176,14 @@ class UCoSModule(DiffpostModule):
         self.val_mmse_psnr.reset()
         self.val_tikhonov_psnr.reset()
 
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """``validation_step``'s metrics on the test split, logged as ``test/...``. The metric objects are
+        shared (validation and test never run at once); Lightning computes and resets them at the end
+        of the test epoch, each image counted once under DDP padding."""
+        self.validation_step(batch, batch_idx)
+        self.log("test/mmse_psnr", self.val_mmse_psnr, on_step=False, on_epoch=True)
+        self.log("test/input_estimate_psnr", self.val_tikhonov_psnr, on_step=False, on_epoch=True)
+
     # ------------------------------------------------------------------ posterior sampling
     def sample_posterior(self, y: torch.Tensor, *, operator: LinearOperator | None = None, sigma_y: float | None = None,
                          index: torch.Tensor | None = None, n_samples: int = 8, num_steps: int | None = None,

@@ -1,7 +1,9 @@
 """Every YAML in configs/ instantiates and runs one fast_dev_run step on CPU; task arguments given once.
 
 - experiments/*.yaml run alone; every concern file (model/, data/, task/, trainer/, logger/,
-  callbacks/) is layered onto the quickstart experiment with the flag it is the value of;
+  callbacks/) is layered onto a quickstart experiment with the flag it is the value of (UCoS callback
+  files onto the UCoS quickstart, the rest onto the prior quickstart); method/*.yaml (posterior
+  methods for scripts/sample.py) build; sweeps/ are checked by tests/test_sweeps.py;
 - GPU-only settings (accelerator, devices, num_nodes, strategy, bf16, torch.compile) and machine
   settings (workers, pinned memory) are overridden to one CPU process; splits are shrunk for speed;
 - on-disk datasets (MNIST, CIFAR-10, an image folder) are replaced by tiny fakes in the same layout.
@@ -29,6 +31,9 @@ from lightning_modules.cli import DiffpostCLI
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 BASE = CONFIGS / "experiments" / "quickstart_prior.yaml"
+UCOS_BASE = CONFIGS / "experiments" / "quickstart_ucos.yaml"
+#: config folders that are not layered through train.py here (they have their own checks)
+NOT_LAYERED = {"experiments", "sweeps", "method"}
 #: how a concern file is layered onto the base experiment (the flag it is the value of)
 FLAG = {"model": "--model", "data": "--data", "task": "--data", "trainer": "--trainer",
         "logger": "--trainer.logger", "callbacks": "--trainer.callbacks"}
@@ -83,7 +88,12 @@ def run_cli(args: list[str]) -> DiffpostCLI:
 
 
 def concern_files() -> list[Path]:
-    return sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "experiments")
+    return sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in NOT_LAYERED)
+
+
+def base_for(path: Path) -> Path:
+    """The experiment a concern file is layered onto: UCoS callback files need a UCoS model."""
+    return UCOS_BASE if path.parent.name == "callbacks" and path.stem.startswith("ucos") else BASE
 
 
 def experiment_files() -> list[Path]:
@@ -103,7 +113,7 @@ def test_config_tree_is_complete():
                    "experiments/cifar10_prior.yaml", "experiments/imagefolder_prior.yaml",
                    "trainer/ddp.yaml", "trainer/multinode.yaml", "logger/wandb.yaml", "logger/csv.yaml"):
         assert needed in names
-    unknown = {p.parent.name for p in CONFIGS.rglob("*.yaml")} - set(FLAG) - {"experiments"}
+    unknown = {p.parent.name for p in CONFIGS.rglob("*.yaml")} - set(FLAG) - NOT_LAYERED
     assert not unknown, f"configs/{unknown} has no layering rule in this test"
 
 
@@ -126,7 +136,8 @@ def test_experiment_runs_alone(path, fake_data):
 
 @pytest.mark.parametrize("path", concern_files(), ids=_id)
 def test_concern_file_layers_onto_the_base(path, fake_data):
-    args = ["fit", "--config", str(BASE), FLAG[path.parent.name], str(path)]
+    base = base_for(path)
+    args = ["fit", "--config", str(base), FLAG[path.parent.name], str(path)]
     extra: list[str] = []
     if path.parent.name == "model":
         # a model for other images: pair it with data of its channel count and a size its levels divide
@@ -139,7 +150,7 @@ def test_concern_file_layers_onto_the_base(path, fake_data):
         # the base network (3 levels) fits every size here; it needs the data's channel count
         c = yaml.safe_load(path.read_text())["init_args"]["operator"]["init_args"]["shape"][0]
         extra = [f"--model.init_args.net.init_args.in_channels={c}", f"--model.init_args.net.init_args.out_channels={c}"]
-    cli = run_cli([*args, *extra, *CPU, *NO_COMPILE, *ONE_SIGMA, *SMALL])
+    cli = run_cli([*args, *extra, *CPU, *NO_COMPILE, *(ONE_SIGMA if base == BASE else []), *SMALL])
     assert cli.trainer.global_step == 1
     # the layered file took effect
     section = yaml.safe_load(path.read_text())
@@ -158,6 +169,15 @@ def test_concern_file_layers_onto_the_base(path, fake_data):
     if kind == "callbacks":
         names = {type(cb).__name__ for cb in cli.trainer.callbacks}
         assert {s["class_path"].rsplit(".", 1)[1] for s in section} <= names
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "method").glob("*.yaml")), ids=_id)
+def test_method_file_builds(path):
+    """configs/method/ holds posterior methods (values of scripts/sample.py --method): each builds."""
+    from diffpost.config import build
+    from diffpost.posterior.base import PosteriorMethod
+
+    assert isinstance(build(yaml.safe_load(path.read_text()), PosteriorMethod), PosteriorMethod)
 
 
 def test_print_config_shows_the_resolved_layers(fake_data):
@@ -215,20 +235,36 @@ def test_task_arguments_come_from_the_data_section(fake_data):
     assert model.hparams.operator["class_path"] == "diffpost.operators.blur.Blur"
 
 
-def test_task_arguments_in_print_config(fake_data):
+def test_task_arguments_are_written_once_in_print_config(fake_data):
+    """The resolved config names the task once, in the data section; the model's copy is a link
+    (jsonargparse drops linked targets from dumps, so a saved config cannot disagree with itself)."""
     out = io.StringIO()
     with redirect_stdout(out), pytest.raises(SystemExit):
         run_cli([*_task_module_args(fake_data), "--print_config"])
     cfg = yaml.safe_load(out.getvalue())
-    assert cfg["model"]["init_args"]["sigma_y"] == 0.01
-    assert cfg["model"]["init_args"]["operator"] == cfg["data"]["init_args"]["operator"]
+    assert cfg["data"]["init_args"]["sigma_y"] == 0.01
+    assert cfg["data"]["init_args"]["operator"]["class_path"] == "diffpost.operators.Blur"
+    assert "sigma_y" not in cfg["model"]["init_args"] and "operator" not in cfg["model"]["init_args"]
 
 
-def test_task_arguments_that_disagree_are_an_error(fake_data, capsys):
+def test_another_task_layers_over_the_ucos_experiment(fake_data):
+    """README's "another task": a task file over the UCoS quickstart retrains UCoS for that task (the
+    model gets the task's operator and sigma_y from the data section)."""
+    cli = run_cli(["fit", "--config", str(UCOS_BASE), "--data", str(CONFIGS / "task" / "blur_gauss.yaml"),
+                   "--trainer.max_time=00:00:20:00", *CPU, *SMALL])
+    assert type(cli.model).__name__ == "UCoSModule" and cli.model.sigma_y == cli.datamodule.sigma_y == 0.01
+    assert type(cli.model.operator).__name__ == "Blur"
+    assert cli.model.operator.fingerprint() == cli.datamodule.operator.fingerprint()
+
+
+@pytest.mark.parametrize("name, value", [("sigma_y", "0.5"), ("operator", json.dumps(
+    {"class_path": "diffpost.operators.Blur", "init_args": {"shape": [1, 32, 32], "blur_sigma": 1.0}}))])
+def test_task_arguments_that_disagree_are_an_error(fake_data, capsys, name, value):
+    """Catches a link that silently replaces the model's explicit value by the data's."""
     with pytest.raises(SystemExit):
-        run_cli([*_task_module_args(fake_data), "--model.init_args.sigma_y=0.5"])
+        run_cli([*_task_module_args(fake_data), f"--model.init_args.{name}={value}"])
     err = capsys.readouterr().err
-    assert "model.init_args.sigma_y" in err and "differs from data.init_args.sigma_y" in err
+    assert f"model.init_args.{name}" in err and f"differs from data.init_args.{name}" in err
 
 
 def test_explicit_equal_task_arguments_are_accepted(fake_data):
