@@ -103,18 +103,32 @@ class Ellipses(Dataset):
 
     @staticmethod
     def render(params: dict[str, torch.Tensor], size: int, supersample: int = 4) -> torch.Tensor:
-        """Rasterise a continuous phantom at ``size × size``; returns (C, size, size) float32 in [-1, 1]."""
+        """Rasterise a continuous phantom at ``size × size``; returns (C, size, size) float32 in [-1, 1].
+
+        Each ellipse is tested only on the sub-pixels of its bounding box (plus one sub-pixel of
+        margin), with the same float64 operations per sub-pixel as a test over the whole grid, so the
+        pixels are bit-identical to the full-grid rendering (which cost ≈ 50 ms per 128² phantom);
+        outside the box the test is false.
+        """
         n_sub = size * supersample
-        t = -1.0 + (torch.arange(n_sub, dtype=torch.float64) + 0.5) * (2.0 / n_sub)
-        Y, X = torch.meshgrid(t, t, indexing="ij")  # rows are y, columns are x
+        h = 2.0 / n_sub
+        t = -1.0 + (torch.arange(n_sub, dtype=torch.float64) + 0.5) * h  # rows are y, columns are x
         value = torch.zeros(params["intensities"].shape[1], n_sub, n_sub, dtype=torch.float64)
         for c, ax, th, inten in zip(params["centers"], params["axes"], params["angles"], params["intensities"]):
-            dx, dy = X - c[0], Y - c[1]
             cos, sin = torch.cos(th), torch.sin(th)
-            u = (dx * cos + dy * sin) / ax[0]
-            v = (-dx * sin + dy * cos) / ax[1]
-            inside = (u * u + v * v <= 1.0).to(torch.float64)
-            value += inten[:, None, None] * inside
+            a, b, cx, cy, co, si = (float(v) for v in (ax[0], ax[1], c[0], c[1], cos, sin))
+            # half extents of the rotated ellipse's bounding box along x and y
+            wx, wy = math.hypot(a * co, b * si), math.hypot(a * si, b * co)
+            c0, c1 = max(0, math.floor((cx - wx + 1.0) / h - 0.5) - 1), min(n_sub, math.ceil((cx + wx + 1.0) / h - 0.5) + 2)
+            r0, r1 = max(0, math.floor((cy - wy + 1.0) / h - 0.5) - 1), min(n_sub, math.ceil((cy + wy + 1.0) / h - 0.5) + 2)
+            if c0 >= c1 or r0 >= r1:
+                continue
+            dx, dy = (t[c0:c1] - c[0])[None, :], (t[r0:r1] - c[1])[:, None]
+            # in place, but the same operations in the same order as (dx cos + dy sin)/a etc.
+            u = torch.add(dx * cos, dy * sin).div_(ax[0])
+            v = torch.add(-dx * sin, dy * cos).div_(ax[1])
+            inside = u.mul_(u).add_(v.mul_(v)) <= 1.0
+            value[:, r0:r1, c0:c1] += inten[:, None, None] * inside
         value = value.clamp(0.0, 1.0)
         value = value.reshape(-1, size, supersample, size, supersample).mean(dim=(2, 4))
         return (2.0 * value - 1.0).to(torch.float32)

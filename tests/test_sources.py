@@ -79,6 +79,35 @@ def test_ellipses_parameters_are_resolution_free():
     assert abs(((img + 1) / 2).mean().item() - expected) < 2e-3 * max(expected, 1e-3) + 1e-4
 
 
+def _render_full_grid(params, size, supersample):
+    """The definition: every ellipse tested on every sub-pixel centre of [-1, 1]² (float64), intensities
+    added, clipped to [0, 1], averaged per pixel, mapped to [-1, 1] (the renderer before issue 12)."""
+    n = size * supersample
+    t = -1.0 + (torch.arange(n, dtype=torch.float64) + 0.5) * (2.0 / n)
+    Y, X = torch.meshgrid(t, t, indexing="ij")
+    value = torch.zeros(params["intensities"].shape[1], n, n, dtype=torch.float64)
+    for c, ax, th, inten in zip(params["centers"], params["axes"], params["angles"], params["intensities"]):
+        dx, dy = X - c[0], Y - c[1]
+        u = (dx * torch.cos(th) + dy * torch.sin(th)) / ax[0]
+        v = (-dx * torch.sin(th) + dy * torch.cos(th)) / ax[1]
+        value += inten[:, None, None] * (u * u + v * v <= 1.0).to(torch.float64)
+    value = value.clamp(0.0, 1.0).reshape(-1, size, supersample, size, supersample).mean(dim=(2, 4))
+    return (2.0 * value - 1.0).to(torch.float32)
+
+
+@pytest.mark.parametrize("size,channels,supersample", [(16, 1, 4), (37, 3, 4), (64, 1, 4), (24, 1, 3)])
+def test_ellipses_bounding_box_renderer_is_bit_identical_to_the_full_grid(size, channels, supersample):
+    """Phantoms did not change when rendering was restricted to bounding boxes (catches a box that
+    clips an ellipse: those sub-pixels would be lost), including ellipses crossing the border."""
+    e = Ellipses(size=size, channels=channels, length=200, seed=11, supersample=supersample)
+    for i in range(0, 200, 7):
+        assert torch.equal(e[i], _render_full_grid(e.parameters_of(i), size, supersample)), i
+    # an ellipse half outside the image, tilted
+    p = {"centers": torch.tensor([[0.9, -0.7]], dtype=torch.float64), "axes": torch.tensor([[0.5, 0.2]], dtype=torch.float64),
+         "angles": torch.tensor([0.7], dtype=torch.float64), "intensities": torch.tensor([[0.6]], dtype=torch.float64)}
+    assert torch.equal(Ellipses.render(p, size, supersample), _render_full_grid(p, size, supersample))
+
+
 @pytest.mark.parametrize("bad", [dict(size=0), dict(channels=0), dict(max_ellipses=0), dict(length=-1)])
 def test_ellipses_bad_arguments(bad):
     with pytest.raises(ValueError):
