@@ -1,5 +1,5 @@
-"""One PNG per measurement for ``scripts/sample.py``: truth, back-projection, posterior mean, std map
-and a few samples, titled with PSNR/SSIM.
+"""PNG figures for ``scripts/sample.py``: one per measurement (truth, back-projection, posterior mean,
+std map, error map, a few samples, titled with PSNR/SSIM) and a calibration (reliability) plot.
 
 Uses matplotlib's object API on the Agg canvas (no pyplot): no global figure state and no display
 backend, so writers on several ranks (or threads) can draw at once and headless machines work.
@@ -36,15 +36,17 @@ def _quality(x: torch.Tensor, truth: torch.Tensor | None) -> str:
     return f"\n{p:.2f} dB, SSIM {s:.3f}"
 
 
-def measurement_figure(path: str | os.PathLike, *, index: int, mean: torch.Tensor, std: torch.Tensor,
+def measurement_figure(path: str | os.PathLike, *, index: int, mean: torch.Tensor, std: torch.Tensor | None,
                        samples: torch.Tensor, backprojection: torch.Tensor, truth: torch.Tensor | None = None) -> None:
     """Write one figure for a measurement. Images are ``(C, H, W)`` in [-1, 1], ``samples`` ``(S, C, H, W)``.
 
     The back-projection ``Aᵀy`` has the operator's own scale, so it is drawn min–max rescaled; images
-    share the data range [-1, 1]; the std map (channel mean) has its own colour bar.
+    share the data range [-1, 1]; the std and error maps (channel means) have their own colour bars.
+    ``std = None`` (a mean estimator, or one sample) drops the std map and the samples.
     """
-    shown = samples[:MAX_SAMPLES_SHOWN]
-    panels = (["truth"] if truth is not None else []) + ["backprojection", "mean", "std"] + [f"s{k}" for k in range(len(shown))]
+    shown = samples[:MAX_SAMPLES_SHOWN] if std is not None else samples[:0]
+    panels = ((["truth"] if truth is not None else []) + ["backprojection", "mean"] + (["std"] if std is not None else [])
+              + (["error"] if truth is not None else []) + [f"s{k}" for k in range(len(shown))])
     fig = Figure(figsize=(2.3 * len(panels), 2.7), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -63,14 +65,33 @@ def measurement_figure(path: str | os.PathLike, *, index: int, mean: torch.Tenso
         elif name == "mean":
             ax.imshow(_as_image(mean), **gray)
             ax.set_title("posterior mean" + _quality(mean, truth), fontsize=8)
-        elif name == "std":
-            im = ax.imshow(std.detach().float().cpu().mean(0).numpy(), cmap="magma", vmin=0.0)
+        elif name in ("std", "error"):
+            m = std if name == "std" else (mean.float() - truth.float()).abs()
+            im = ax.imshow(m.detach().float().cpu().mean(0).numpy(), cmap="magma", vmin=0.0)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-            ax.set_title("posterior std", fontsize=8)
+            ax.set_title("posterior std" if name == "std" else "|mean − truth|", fontsize=8)
         else:
             k = int(name[1:])
             ax.imshow(_as_image(shown[k]), **gray)
             ax.set_title(f"sample {k}" + _quality(shown[k], truth), fontsize=8)
     fig.suptitle(f"measurement {index}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path))
+
+
+def calibration_figure(path: str | os.PathLike, levels: list[float], coverage: list[float], *, title: str = "") -> None:
+    """Reliability plot: empirical coverage of the central credible intervals against their nominal
+    level; a calibrated sampler lies on the diagonal, an over-confident one below it."""
+    fig = Figure(figsize=(3.4, 3.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="calibrated")
+    ax.plot(levels, coverage, marker="o", label="empirical")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("nominal level of the central interval")
+    ax.set_ylabel("fraction of pixels covered")
+    ax.set_title(title or "calibration", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(os.fspath(path))

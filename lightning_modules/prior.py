@@ -13,9 +13,11 @@ from diffpost.precond import EDMDenoiser
 from diffpost.random import per_sample_generators, randn, seed_for
 from diffpost.samplers import CountingDenoiser
 from diffpost.schedules import EDMTrainingDensity, karras_sigmas
+from diffpost.posterior.base import PriorModel
+from diffpost.posterior.dps import DPS
+from diffpost.samplers.select import SamplerName, run_sampler
 from lightning_modules.base import DiffpostModule
 from lightning_modules.metrics import IndexedMean
-from lightning_modules.sampling import SamplerName, run_sampler
 
 #: random streams (keys of ``seed_for``): training steps use ``step_generator``'s stream 0
 _EVAL_STREAM, _SAMPLE_STREAM = 1, 2
@@ -153,6 +155,17 @@ class ScorePriorModule(DiffpostModule):
         counting = CountingDenoiser(self.denoiser)
         out = run_sampler(sampler or self.hparams.sampler, counting, x, sigmas, generator=gens, callback=callback)
         return out, counting.nfe
+
+    def posterior_model(self) -> PriorModel:
+        """The core view of this prior for ``diffpost.posterior`` methods (DPS, DDRM, DiffPIR, ...)."""
+        hp = self.hparams
+        p = next(self.denoiser.parameters())
+        return PriorModel(x_shape=self.image_shape, sigma_min=hp.sigma_min, sigma_max=hp.sigma_max, rho=hp.rho,
+                          sigma_data=hp.sigma_data, dtype=p.dtype, device=p.device, denoiser=self.denoiser)
+
+    def default_posterior_method(self) -> DPS:
+        """The standard baseline on an unconditional prior (sample.py's ``--method auto``)."""
+        return DPS()
 
     @property
     def image_shape(self) -> tuple[int, ...]:

@@ -1,8 +1,9 @@
 """Reconstructors: how validation callbacks and scripts turn measurements into an estimate.
 
 A reconstructor maps ``(module, y, operator, sigma_y, index)`` to ``(mean, samples_or_None)``. The
-classical ones need no network; ``PosteriorSampling`` calls the module's ``sample_posterior`` (UCoS,
-DPS, ... modules implement it), so callbacks accept every posterior sampler without change.
+classical ones need no network; ``PosteriorSampling`` runs any ``diffpost.posterior`` method on the
+module's ``posterior_model()`` (a prior being trained, a UCoS model, a ``PosteriorModule``), so
+callbacks accept every posterior method without change.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 
 from diffpost.config import Configurable
 from diffpost.operators import LinearOperator
-from lightning_modules.sampling import SamplerName
+from diffpost.posterior.base import PosteriorMethod
+from lightning_modules.sampling import sample_posterior
 
 
 class Reconstructor(Configurable):
@@ -47,18 +49,21 @@ class PseudoInverse(Reconstructor):
 
 
 class PosteriorSampling(Reconstructor):
-    """Posterior mean over ``n_samples`` draws of the module's own posterior sampler."""
+    """Posterior mean over ``n_samples`` draws of ``method`` (default: the module's own, e.g. UCoS for
+    a ``UCoSModule``); a mean estimator (RMP, UCoSMMSE) gives its one estimate and no samples.
+    Metric names use the method's name (``val/dps/psnr``), or ``posterior`` for the module's default."""
 
-    name = "posterior"
-
-    def __init__(self, n_samples: int = 4, num_steps: int = 18, sampler: SamplerName = "heun", seed: int = 0):
+    def __init__(self, method: PosteriorMethod | None = None, n_samples: int = 4, num_steps: int = 18, seed: int = 0):
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"PosteriorSampling: n_samples must be a positive integer, got {n_samples!r}")
-        self.n_samples, self.num_steps, self.sampler, self.seed = n_samples, num_steps, sampler, seed
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"PosteriorSampling: num_steps must be a positive integer, got {num_steps!r}")
+        self.method, self.n_samples, self.num_steps, self.seed = method, n_samples, num_steps, seed
+        self.name = "posterior" if method is None else method.name
 
     def __call__(self, module, y, operator, sigma_y, index):
-        if not hasattr(module, "sample_posterior"):
-            raise TypeError(f"{type(module).__name__} has no sample_posterior(); use Tikhonov or PseudoInverse")
-        samples = module.sample_posterior(y, operator=operator, sigma_y=sigma_y, index=index, n_samples=self.n_samples,
-                                          num_steps=self.num_steps, sampler=self.sampler, seed=self.seed)["samples"]
-        return samples.mean(1), samples
+        if not hasattr(module, "posterior_model"):
+            raise TypeError(f"{type(module).__name__} has no posterior_model(); use Tikhonov or PseudoInverse")
+        out = sample_posterior(module, y, method=self.method, operator=operator, sigma_y=sigma_y, index=index,
+                               n_samples=self.n_samples, num_steps=self.num_steps, seed=self.seed)
+        return out.mean, None if out.mean_only else out.samples

@@ -1,48 +1,41 @@
-"""Choosing a σ-space sampler by name from configs (a ``Literal``, so LightningCLI validates it)."""
-from __future__ import annotations
+"""Posterior sampling from a Lightning module: the glue between modules and ``diffpost.posterior``.
 
-from typing import Callable, Literal
+A module that can sample posteriors exposes ``posterior_model()`` (a core ``PriorModel`` or
+``UCoSModel`` built from its own weights) and, optionally, ``default_posterior_method()``.
+``sample_posterior`` then runs any method on it with per-(index, sample) seeds, so results do not
+depend on batch size or sharding, and returns the method's ``PosteriorOutput``.
+"""
+from __future__ import annotations
 
 import torch
 
-from diffpost import samplers
-
-SamplerName = Literal["heun", "euler", "euler_maruyama", "edm"]
-
-
-def run_sampler(name: SamplerName, denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, *, generator=None,
-                noise=None, callback=None, churn: float = 0.0) -> torch.Tensor:
-    if name == "heun":
-        return samplers.heun(denoiser, x, sigmas, callback=callback)
-    if name == "euler":
-        return samplers.euler(denoiser, x, sigmas, callback=callback)
-    if name == "euler_maruyama":
-        return samplers.euler_maruyama(denoiser, x, sigmas, generator=generator, noise=noise, callback=callback)
-    if name == "edm":
-        return samplers.edm_stochastic(denoiser, x, sigmas, generator=generator, churn=churn, noise=noise, callback=callback)
-    raise ValueError(f"unknown sampler {name!r}; choose one of heun, euler, euler_maruyama, edm")
+from diffpost.operators import LinearOperator
+from diffpost.posterior.base import PosteriorMethod, PosteriorOutput, posterior_generators
+from diffpost.samplers.base import Callback
 
 
-#: generator stream of posterior draws: ``seed_for(seed, POSTERIOR_STREAM, index, sample)``
-POSTERIOR_STREAM = 3
+def sample_posterior(module, y: torch.Tensor, *, method: PosteriorMethod | None = None,
+                     operator: LinearOperator | None = None, sigma_y: float | None = None,
+                     index: torch.Tensor | None = None, n_samples: int = 1, num_steps: int | None = None,
+                     seed: int = 0, callback: Callback | None = None) -> PosteriorOutput:
+    """Run ``method`` (default: the module's own) on ``module.posterior_model()``.
 
-
-def check_measurement_shape(y: torch.Tensor, y_shape: tuple[int, ...], who: str = "this model") -> None:
-    if y.dim() != len(y_shape) + 1 or tuple(y.shape[1:]) != tuple(y_shape):
-        raise ValueError(f"measurement has shape {tuple(y.shape)}; {who} needs (B, {', '.join(map(str, y_shape))})")
-
-
-def posterior_generators(seed: int, index: torch.Tensor, n_samples: int) -> list[torch.Generator]:
-    """One generator per (measurement index, sample): draws do not depend on batching or sharding."""
-    from diffpost.random import per_sample_generators, seed_for
-
-    return per_sample_generators([seed_for(seed, POSTERIOR_STREAM, int(i), s) for i in index for s in range(n_samples)])
-
-
-def posterior_result(out: torch.Tensor, n_samples: int, x_shape: tuple[int, ...], nfe: int,
-                     counts: dict, counts_before: dict) -> dict:
-    """The ``sample_posterior`` contract: samples ``(B, S, *x_shape)``, mean, std, NFE, operator calls."""
-    samples = out.detach().reshape(-1, n_samples, *x_shape)
-    return {"samples": samples, "mean": samples.mean(1),
-            "std": samples.std(1) if n_samples > 1 else torch.zeros_like(samples[:, 0]), "nfe": nfe,
-            "operator_calls": {k: counts[k] - counts_before.get(k, 0) for k in ("forward", "adjoint")}}
+    ``operator``/``sigma_y`` default to the module's task (UCoS; a ``PosteriorModule``). ``index``
+    (default ``0..B-1``) keys the generators; ``num_steps`` defaults to the module's ``num_steps``.
+    """
+    if method is None:
+        default = getattr(module, "default_posterior_method", None)
+        if default is None:
+            raise TypeError(f"{type(module).__name__} has no default posterior method; pass one (e.g. diffpost.posterior.dps.DPS)")
+        method = default()
+    op = operator if operator is not None else getattr(module, "operator", None)
+    sy = sigma_y if sigma_y is not None else getattr(module, "sigma_y", None)
+    if op is None or sy is None:
+        raise TypeError(f"{type(module).__name__} has no task of its own: pass operator and sigma_y")
+    model = module.posterior_model()
+    op = op.to(device=model.device)
+    index = torch.arange(y.shape[0]) if index is None else index.reshape(-1).cpu()
+    n_chains = 1 if method.mean_estimator else n_samples
+    steps = int(num_steps if num_steps is not None else module.hparams.num_steps)
+    return method(model, op, y, sy, num_steps=steps, n_samples=n_samples,
+                  generator=posterior_generators(seed, index, n_chains), callback=callback)

@@ -10,9 +10,7 @@ from torch import nn
 
 from diffpost.image_quality import psnr
 from diffpost.operators import LinearOperator
-from diffpost.random import randn
-from diffpost.samplers import CountingDenoiser
-from diffpost.schedules import EDMTrainingDensity, FourierCovariance, edm_loss_weight, karras_sigmas
+from diffpost.schedules import EDMTrainingDensity, FourierCovariance, edm_loss_weight
 from diffpost.ucos import (
     DenseNoisePreconditioner,
     DensePreconditioner,
@@ -21,26 +19,18 @@ from diffpost.ucos import (
     SpectralPreconditioner,
     UCoSDenoiser,
     auxiliary_sample,
-    covariance_noise,
     default_preconditioner,
     function_space_preconditioner,
     information_offset,
-    posterior_denoiser,
 )
+from diffpost.posterior.base import OperatorMismatchError, PosteriorOutput, UCoSModel
+from diffpost.posterior.ucos import UCoS
+from diffpost.samplers.select import SamplerName
 from lightning_modules.base import DiffpostModule
 from lightning_modules.metrics import IndexedMean
-from lightning_modules.sampling import (
-    SamplerName,
-    check_measurement_shape,
-    posterior_generators,
-    posterior_result,
-    run_sampler,
-)
+from lightning_modules.sampling import sample_posterior
 
-
-
-class OperatorMismatchError(ValueError):
-    """A UCoS model used with an operator or σ_y it was not trained for."""
+__all__ = ["UCoSModule", "OperatorMismatchError"]
 
 
 class UCoSModule(DiffpostModule):
@@ -128,14 +118,8 @@ class UCoSModule(DiffpostModule):
         return self.task_fingerprint()
 
     def check_task(self, operator: LinearOperator, sigma_y: float) -> None:
-        mine, theirs = self.operator.fingerprint(), operator.fingerprint()
-        if mine != theirs:
-            raise OperatorMismatchError(
-                f"this UCoS model was trained for {type(self.operator).__name__} {self.operator.config()} "
-                f"(fingerprint {mine}); got {type(operator).__name__} {operator.config()} (fingerprint {theirs})"
-            )
-        if not math.isclose(float(sigma_y), self.sigma_y, rel_tol=1e-6):
-            raise OperatorMismatchError(f"this UCoS model was trained for sigma_y = {self.sigma_y}; got sigma_y = {sigma_y}")
+        """``OperatorMismatchError`` naming both tasks unless ``(operator, sigma_y)`` is this model's."""
+        self.posterior_model().check_task(operator, sigma_y)
 
     # ------------------------------------------------------------------ training
     def configure_model(self) -> None:
@@ -185,40 +169,30 @@ class UCoSModule(DiffpostModule):
         self.log("test/input_estimate_psnr", self.val_tikhonov_psnr, on_step=False, on_epoch=True)
 
     # ------------------------------------------------------------------ posterior sampling
+    def posterior_model(self) -> UCoSModel:
+        """The core view of this model for ``diffpost.posterior`` methods (UCoS, UCoSMMSE)."""
+        hp = self.hparams
+        p = next(self.aux.net.parameters())
+        return UCoSModel(x_shape=self.operator.x_shape, sigma_min=hp.sigma_min, sigma_max=hp.sigma_max, rho=hp.rho,
+                         sigma_data=hp.sigma_data, noise_cov=self.noise_cov, dtype=p.dtype, device=p.device,
+                         aux=self.aux, operator=self.operator, sigma_y=self.sigma_y)
+
+    def default_posterior_method(self) -> UCoS:
+        return UCoS(sampler=self.hparams.sampler)
+
     def sample_posterior(self, y: torch.Tensor, *, operator: LinearOperator | None = None, sigma_y: float | None = None,
                          index: torch.Tensor | None = None, n_samples: int = 8, num_steps: int | None = None,
-                         sampler: SamplerName | None = None, seed: int = 0, churn: float = 0.0, callback=None) -> dict[str, Any]:
-        """Posterior samples for each measurement: ``b = Aᵀy/σ_y²`` once, then any σ-space sampler on
-        ``D_θ(x/σ² + b, σ)``. Returns samples ``(B, S, *x_shape)``, mean, std, nfe and operator calls.
-
-        Per-(index, sample) seeds: results do not depend on batch size or how measurements are sharded.
-        """
-        if operator is not None:
-            self.check_task(operator, self.sigma_y if sigma_y is None else sigma_y)
-        elif sigma_y is not None:
-            self.check_task(self.operator, sigma_y)
-        op = self.operator
-        check_measurement_shape(y, op.y_shape)
-        index = torch.arange(y.shape[0]) if index is None else index
-        dtype = next(self.aux.net.parameters()).dtype
-        y = y.to(device=self.device, dtype=dtype)
-        calls_before = dict(op.counts)
-        b = information_offset(y, op, self.sigma_y, noise_cov=self.noise_cov)  # the only operator use
-        b = b.repeat_interleave(n_samples, 0)
-        gens = posterior_generators(seed, index, n_samples)
-        sigmas = karras_sigmas(num_steps or self.hparams.num_steps, self.hparams.sigma_min, self.hparams.sigma_max,
-                               self.hparams.rho, dtype=dtype, device=self.device)
-        x = sigmas[0] * randn(b.shape, gens, dtype=dtype, device=self.device)
-        noise = None
-        if self.noise_cov is not None:  # chain starts at σ_max C^½ n and the sampler injects N(0, C) noise
-            x, noise = self.noise_cov.sqrt_apply(x), covariance_noise(self.noise_cov)
-        den = CountingDenoiser(posterior_denoiser(self.aux, b))
-        out = run_sampler(sampler or self.hparams.sampler, den, x, sigmas, generator=gens, noise=noise, callback=callback, churn=churn)
-        return posterior_result(out, n_samples, op.x_shape, den.nfe, op.counts, calls_before)
+                         sampler: SamplerName | None = None, seed: int = 0, churn: float = 0.0, callback=None) -> PosteriorOutput:
+        """Posterior samples for each measurement with the ``UCoS`` method: ``b = Aᵀy/σ_y²`` once, then
+        the σ-space ``sampler`` on ``D_θ(x/σ² + b, σ)``. Per-(index, sample) seeds: results do not
+        depend on batch size or how measurements are sharded."""
+        method = UCoS(sampler=sampler or self.hparams.sampler, churn=churn)
+        return sample_posterior(self, y, method=method, operator=operator, sigma_y=sigma_y, index=index,
+                                n_samples=n_samples, num_steps=num_steps, seed=seed, callback=callback)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         out = self.sample_posterior(batch["y"], index=batch["index"])
-        return {"index": batch["index"], "samples": out["samples"], "mean": out["mean"], "std": out["std"]}
+        return {"index": batch["index"], "samples": out.samples, "mean": out.mean}
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -1,4 +1,4 @@
-"""UCoSModule and DPSModule through Lightning: training step, checkpoint identity, sampling contract."""
+"""UCoSModule through Lightning: training step, checkpoint identity, sampling contract."""
 import math
 
 import lightning.pytorch as pl

@@ -168,7 +168,8 @@ def main(argv=None) -> int:
 
     from datamodules import InverseProblemDataModule
     from datamodules.sources import Ellipses
-    from lightning_modules.dps import DPSModule
+    from diffpost.posterior.dps import DPS
+    from lightning_modules.posterior import PosteriorModule
     from lightning_modules.prior import ScorePriorModule
     from lightning_modules.ucos import UCoSModule
 
@@ -208,11 +209,11 @@ def main(argv=None) -> int:
         nfe = 2 * args.steps - 1
         best = None
         for zeta in (0.3, 1.0, 3.0):  # tuned on 4 validation measurements
-            dps_mod = DPSModule(prior_ckpt, operator=op, sigma_y=sigma_y, zeta=zeta, num_steps=nfe)
+            dps_mod = PosteriorModule(prior_ckpt, DPS(zeta=zeta), op, sigma_y, num_steps=nfe)
             r = evaluate("tune", lambda: dps_mod.sample_posterior(y_val[:4], n_samples=1), x_val[:4], 1)
             if best is None or r["psnr"] > best[0]:
                 best = (r["psnr"], zeta)
-        dps_mod = DPSModule(prior_ckpt, operator=op, sigma_y=sigma_y, zeta=best[1], num_steps=nfe)
+        dps_mod = PosteriorModule(prior_ckpt, DPS(zeta=best[1]), op, sigma_y, num_steps=nfe)
         rows.append(evaluate(f"DPS {nfe} steps (ζ={best[1]})", lambda: dps_mod.sample_posterior(
             y, index=index, n_samples=args.n_samples), x, args.n_samples))
         ratio = rows[2]["seconds_per_sample"] / rows[3]["seconds_per_sample"]

@@ -1,0 +1,68 @@
+"""What every command-line script does the same way: one line per error, exit codes, signals.
+
+- bad input (``ValueError``, ``TypeError``, ``OSError``, ``KeyError``: a missing file, a corrupt or
+  mismatched checkpoint, a wrong shape) → ``<prog>: error: <one line>`` on stderr, exit status 2;
+- a diverging sampler (``SamplerDivergedError``) → one line, exit status 1;
+- SIGTERM (``scancel``, ``docker stop``) or SIGINT (Ctrl-C) → ``Interrupted`` is raised where the
+  program is, so its clean-up runs (an output folder is discarded, training saves a checkpoint), then
+  one line and exit status ``128 + signal``;
+- ``--debug`` or ``DIFFPOST_DEBUG=1`` → the full traceback instead of the one line.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from diffpost.samplers.errors import SamplerDivergedError
+
+DEBUG_ENV = "DIFFPOST_DEBUG"
+#: exceptions that mean "the input is wrong", reported in one line
+INPUT_ERRORS = (ValueError, TypeError, OSError, KeyError)
+
+
+class Interrupted(RuntimeError):
+    """Raised by the signal handlers: the run was asked to stop."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGINT raise ``Interrupted`` (Lightning composes its own SIGTERM handler with ours)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _raise_interrupted)
+
+
+def debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def run_main(prog: str, body: Callable[[], object], *, debug: bool = False, interrupted_note: str = "") -> int:
+    """Run ``body`` and turn its failures into one line on stderr and an exit status."""
+    try:
+        body()
+    except Interrupted as e:
+        print(f"{prog}: {e}{interrupted_note}", file=sys.stderr)
+        return 128 + e.signum
+    except SamplerDivergedError as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return 1
+    except INPUT_ERRORS as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    return 0
