@@ -129,3 +129,25 @@ def test_log_z_error():
     assert torch.allclose(log_z_error(torch.tensor([0.0, 2.0]), 1.0), torch.tensor([1.0, 1.0], dtype=F64))
     with pytest.raises(ValueError):
         log_z_error(float("nan"), 0.0)
+
+
+# ---------------------------------------------------------------- image quality (core, no torchmetrics)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_psnr_ssim_match_scikit_image(channels):
+    """``diffpost.image_quality`` keeps its own PSNR/SSIM (torchmetrics imports torchvision, which the
+    core must not); scikit-image is the independent oracle. Catches a wrong data range or [-1, 1] →
+    [0, 1] map, a missing clamp of overshooting reconstructions, a wrong window, and SSIM averaged over
+    a padded border."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from diffpost.image_quality import psnr, ssim
+
+    g = make_generator(0)
+    x = 2 * torch.rand((3, channels, 24, 20), generator=g, dtype=F64) - 1
+    x_hat = x + 0.4 * randn(x.shape, g, dtype=F64)  # overshoots [-1, 1]: both sides clamp
+    a, b = (((t + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy() for t in (x_hat, x))
+    expected_psnr = [peak_signal_noise_ratio(t, e, data_range=1.0) for t, e in zip(b, a)]
+    expected_ssim = [structural_similarity(t, e, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                           use_sample_covariance=False, channel_axis=-1) for t, e in zip(b, a)]
+    assert psnr(x_hat, x).tolist() == pytest.approx(expected_psnr, abs=1e-9)
+    assert ssim(x_hat, x).tolist() == pytest.approx(expected_ssim, abs=1e-9)
