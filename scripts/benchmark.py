@@ -4,10 +4,12 @@
     python scripts/benchmark.py prior [options]          # prior training throughput, denoiser time
     python scripts/benchmark.py ucos [options]           # UCoS vs baselines
     python scripts/benchmark.py unnormalised [options]   # samplers for densities known up to a constant
+    python scripts/benchmark.py oracle [options]         # every posterior method on exact posteriors
+    python scripts/benchmark.py posterior [options]      # every posterior method on trained models, 6 tasks
     python scripts/benchmark.py <subcommand> --help
 
-Each subcommand is ``scripts/benchmarks/<name>.py`` with ``main(argv) -> int``, imported only when
-asked for (one subcommand's dependencies never slow down or break another).
+Each subcommand is ``scripts/benchmarks/<name>.py`` with ``main(argv) -> int`` (adding a file adds the
+subcommand; ``python scripts/benchmark.py --help`` lists them), imported only when asked for (one subcommand's dependencies never slow down or break another).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.join(ROOT, "scripts", "benchmarks")
-SUBCOMMANDS = ("prior", "ucos", "unnormalised")
+#: every ``scripts/benchmarks/<name>.py`` is a subcommand (files starting with ``_`` are helpers)
+SUBCOMMANDS = tuple(sorted(f[:-3] for f in os.listdir(HERE) if f.endswith(".py") and not f.startswith("_")))
 #: the name the benchmark modules are loaded under (PyPI has unrelated `scripts`/`benchmarks` packages)
 PACKAGE = "_diffpost_benchmarks"
 
@@ -42,7 +45,7 @@ def load(name: str):
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(__doc__ + f"\nsubcommands here: {', '.join(SUBCOMMANDS)}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
