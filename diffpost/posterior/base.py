@@ -239,7 +239,8 @@ class PosteriorMethod(Configurable):
     Class attributes state what a method needs: ``model_type`` (``PriorModel`` or ``UCoSModel``),
     ``mean_estimator`` (returns one estimate per measurement, ``S = 1``), ``allows_noiseless``
     (accepts ``σ_y = 0``), ``supports_noise_cov`` (function-space noise covariance) and
-    ``default_num_steps`` (the paper's operating point).
+    ``default_num_steps`` (the paper's operating point) and ``tuning`` (the grid of its key
+    hyper-parameters that ``scripts/benchmark.py posterior`` searches on validation data).
     """
 
     model_type: ClassVar[type[DiffusionModel]] = PriorModel
@@ -248,6 +249,8 @@ class PosteriorMethod(Configurable):
     supports_noise_cov: ClassVar[bool] = True
     #: the paper's step count (its operating point); ``None``: the model's own ``num_steps``
     default_num_steps: ClassVar[int | None] = None
+    #: the key hyper-parameters and the small grid a benchmark tunes them over on validation data
+    tuning: ClassVar[dict[str, tuple]] = {}
     #: why the formula cannot use a trace-class noise covariance (shown when ``supports_noise_cov`` is False)
     noise_cov_reason: ClassVar[str] = ""
 

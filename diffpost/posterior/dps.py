@@ -23,6 +23,7 @@ class DPS(PosteriorMethod):
     """``zeta``: the normalised guidance step ζ; ``step``: ``ancestral`` (paper) or ``euler`` (ODE)."""
 
     default_num_steps = 1000
+    tuning = {"zeta": (0.1, 0.3, 1.0, 3.0)}
 
     def __init__(self, zeta: float = 1.0, step: Literal["ancestral", "euler"] = "ancestral"):
         check_positive("DPS", zeta=zeta)
