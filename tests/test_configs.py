@@ -78,6 +78,11 @@ def fake_data(tmp_path, monkeypatch):
     (data / "images").mkdir()
     for i in range(10):
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(data / "images" / f"{i}.png")
+    from pydicom.data import get_testdata_file  # data/dicom: a CT series for configs/data/dicom128.yaml
+
+    (data / "dicom").mkdir()
+    for i in range(10):
+        (data / "dicom" / f"{i}.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
     monkeypatch.chdir(tmp_path)  # the configs' relative roots (data/...) and run folders (runs/) land here
     monkeypatch.setenv("WANDB_MODE", "disabled")
     return tmp_path
