@@ -104,6 +104,16 @@ def test_fan_beam_tends_to_parallel_beam_for_a_distant_source():
     assert ((yf - yp).norm() / yp.norm()).item() < 2e-3
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["parallel", "fan"])
+def test_cuda_grid_and_results_match_cpu(kind):
+    op = make(kind, 24)
+    x = torch.randn((2, *op.x_shape), generator=make_generator(5), dtype=torch.float64)
+    y = torch.randn((2, *op.y_shape), generator=make_generator(6), dtype=torch.float64)
+    torch.testing.assert_close(op(x.cuda()).cpu(), op(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(op.adjoint(y.cuda()).cpu(), op.adjoint(y), rtol=1e-12, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------- fan beam: operator contract
 FAN_CASES = [
     dict(shape=(1, 16, 16), n_angles=24),

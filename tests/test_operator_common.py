@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from diffpost.operators import MRI, Blur, Denoising, Inpainting, SuperResolution, SVDOperator
+from diffpost.operators import MRI, Blur, Denoising, FanBeamCT, Inpainting, SuperResolution, SVDOperator
 
 pytestmark = pytest.mark.usefixtures("no_global_rng")
 
@@ -49,6 +49,7 @@ FACTORIES = {
     "mri-random-1x9x8": lambda: MRI(shape=(1, 9, 8), acceleration=3, center_fraction=0.2, seed=5),
     "ct-1x8x8": _ct(shape=(1, 8, 8), n_angles=12),
     "ct-3x7x9": _ct(shape=(3, 7, 9), n_angles=8),
+    "fanbeam-2x8x7": lambda: FanBeamCT(shape=(2, 8, 7), n_angles=9),
 }
 IDS = list(FACTORIES)
 

@@ -124,6 +124,7 @@ def test_chunked_uncached_grid_gives_the_same_result():
     chunked = CT((2, 13, 13), n_angles=17)
     chunked.max_cached_grid_bytes = 0  # rebuild the grid per chunk, as for large images
     chunked.chunk_elements = 1  # one angle per chunk
+    chunked.grid_build_points = 1  # and each grid built one angle at a time
     x, y = randn((3, 2, 13, 13), 6), randn((3, *op.y_shape), 7)
     torch.testing.assert_close(chunked(x), op(x), rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(chunked.adjoint(y), op.adjoint(y), rtol=1e-13, atol=1e-13)

@@ -98,7 +98,8 @@ class RayTransform(LinearOperator):
     Parses the image shape, ``extent`` and the angles: ``angles`` (degrees) overrides
     ``n_angles``/``angle_range``/``angle_start``; otherwise the angles are
     ``angle_start + i·angle_range/n_angles``, ``i < n_angles`` (endpoint excluded). A subclass sets
-    ``n_detectors`` and implements ``_points`` (physical sample coordinates), then calls ``_finish``.
+    ``n_detectors`` and ``detector_spacing``, implements ``_points`` (physical sample coordinates) and
+    calls ``_finish``.
     """
 
     #: the full sampling grid is cached per (device, dtype) when it needs at most this many bytes
@@ -106,6 +107,8 @@ class RayTransform(LinearOperator):
     max_cached_grid_bytes: int = 256 * 2**20
     #: elements per intermediate tensor (samples or per-angle back-projections) when chunking angles
     chunk_elements: int = 2**23
+    #: sample points computed at a time (in float64) while building a grid
+    grid_build_points: int = 2**22
 
     def _parse_geometry(self, shape, n_angles, angle_range, angle_start, angles, extent) -> None:
         owner = type(self).__name__
@@ -162,19 +165,43 @@ class RayTransform(LinearOperator):
         return (f"{super().extra_repr()}, angles=[{a[0]:g}..{a[-1]:g}] ({self.n_angles}), n_rays={self.n_rays}, "
                 f"pixel_size={self.pixel_size:g}")
 
+    @property
+    def detector_positions(self) -> torch.Tensor:
+        """Physical detector offsets from the detector's centre, ``(n_detectors,)`` float64."""
+        return self._centred(self.n_detectors, self.detector_spacing, torch.device("cpu"), torch.float64)
+
     # ----------------------------------------------------------------- sampling grid
-    def _points(self, a0: int, a1: int) -> torch.Tensor:
-        """Physical sample coordinates ``(a1 − a0, n_rays, n_det, 2)`` as (x, y), float64."""
+    @staticmethod
+    def _centred(n: int, spacing: float, device, dtype) -> torch.Tensor:
+        """``(k − (n − 1)/2)·spacing`` for ``k < n``: a grid symmetric about 0."""
+        return (torch.arange(n, device=device, dtype=dtype) - (n - 1) / 2) * spacing
+
+    def _radians(self, a0: int, a1: int, device, dtype) -> torch.Tensor:
+        return torch.tensor(self._angles[a0:a1], dtype=torch.float64).mul(math.pi / 180.0).to(device, dtype)
+
+    def _points(self, a0: int, a1: int, device, dtype) -> torch.Tensor:
+        """Physical sample coordinates ``(a1 − a0, n_rays, n_det, 2)`` as (x, y)."""
         raise NotImplementedError
 
     def _make_grid(self, a0: int, a1: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """``grid_sample`` coordinates of ``_points``: with ``align_corners=False`` the image spans
-        [−1, 1] edge to edge, i.e. ``x/(W p/2)`` along columns and ``−y/(H p/2)`` along rows."""
+        [−1, 1] edge to edge, i.e. ``x/(W p/2)`` along columns and ``−y/(H p/2)`` along rows.
+
+        Computed on ``device`` in float64 (float32 where float64 is missing), a few angles at a time
+        so the float64 intermediates stay ≲ 64 MiB, then stored in ``dtype``.
+        """
         _, H, W = self.x_shape
-        scale = torch.tensor([2.0 / (W * self.pixel_size), -2.0 / (H * self.pixel_size)], dtype=torch.float64)
+        device = torch.device(device)
+        work = torch.float32 if device.type == "mps" else torch.float64
+        scale = torch.tensor([2.0 / (W * self.pixel_size), -2.0 / (H * self.pixel_size)], device=device, dtype=work)
+        step = max(1, self.grid_build_points // (self.n_rays * self.n_detectors))
         # built outside inference mode so a cached grid is an ordinary tensor usable by autograd later
         with torch.inference_mode(False), torch.no_grad():
-            return (self._points(a0, a1) * scale).to(device=device, dtype=dtype)
+            out = torch.empty(a1 - a0, self.n_rays, self.n_detectors, 2, device=device, dtype=dtype)
+            for b0 in range(a0, a1, step):
+                b1 = min(b0 + step, a1)
+                out[b0 - a0 : b1 - a0] = self._points(b0, b1, device, work) * scale
+            return out
 
     def _grid_chunks(self, like: torch.Tensor, per_angle: int):
         """Yield ``(a0, a1, grid)`` over angle chunks whose intermediates have ≲ chunk_elements."""
@@ -271,16 +298,11 @@ class CT(RayTransform):
             "detector_spacing": self.detector_spacing if self._explicit_spacing else None,
         }
 
-    @property
-    def detector_positions(self) -> torch.Tensor:
-        """Physical detector offsets ``t_k`` from the rotation centre, ``(n_detectors,)`` float64."""
-        return (torch.arange(self.n_detectors, dtype=torch.float64) - (self.n_detectors - 1) / 2) * self.detector_spacing
-
-    def _points(self, a0: int, a1: int) -> torch.Tensor:
-        th = torch.tensor(self._angles[a0:a1], dtype=torch.float64) * (math.pi / 180.0)
+    def _points(self, a0: int, a1: int, device, dtype) -> torch.Tensor:
+        th = self._radians(a0, a1, device, dtype)
         c, s = torch.cos(th)[:, None, None], torch.sin(th)[:, None, None]
-        t = self.detector_positions[None, None, :]
-        r = ((torch.arange(self.n_rays, dtype=torch.float64) - (self.n_rays - 1) / 2) * self.pixel_size)[None, :, None]
+        t = self._centred(self.n_detectors, self.detector_spacing, device, dtype)[None, None, :]
+        r = self._centred(self.n_rays, self.pixel_size, device, dtype)[None, :, None]
         return torch.stack([t * c + r * s, t * s - r * c], -1)  # x = t e_t + s e_s
 
     # ----------------------------------------------------------------- classical reconstruction

@@ -80,18 +80,14 @@ class FanBeamCT(RayTransform):
             "fan_angle": self._given_fan_angle,
         }
 
-    @property
-    def detector_positions(self) -> torch.Tensor:
-        """Physical detector offsets ``u_k`` on the flat detector, ``(n_detectors,)`` float64."""
-        return (torch.arange(self.n_detectors, dtype=torch.float64) - (self.n_detectors - 1) / 2) * self.detector_spacing
-
-    def _points(self, a0: int, a1: int) -> torch.Tensor:
+    def _points(self, a0: int, a1: int, device, dtype) -> torch.Tensor:
         Rs, Rd = self.source_distance, self.detector_distance
-        alpha = torch.atan(self.detector_positions / (Rs + Rd))  # (n_det,) ray angle to the central ray
-        s = (torch.arange(self.n_rays, dtype=torch.float64) - (self.n_rays - 1) / 2) * self.pixel_size
+        u = self._centred(self.n_detectors, self.detector_spacing, device, dtype)  # u_k on the detector
+        alpha = torch.atan(u / (Rs + Rd))  # (n_det,) ray angle to the central ray
+        s = self._centred(self.n_rays, self.pixel_size, device, dtype)
         dist = Rs * torch.cos(alpha)[None, :] + s[:, None]  # (n_rays, n_det) distance from the source
         pt = dist * torch.sin(alpha)  # coordinates in the (e_t, e_s) frame
         ps = dist * torch.cos(alpha) - Rs
-        b = torch.tensor(self._angles[a0:a1], dtype=torch.float64) * (math.pi / 180.0)
+        b = self._radians(a0, a1, device, dtype)
         c, sn = torch.cos(b)[:, None, None], torch.sin(b)[:, None, None]
         return torch.stack([pt * c + ps * sn, pt * sn - ps * c], -1)  # x = pt e_t + ps e_s
