@@ -23,7 +23,7 @@ class DPS(PosteriorMethod):
     """``zeta``: the normalised guidance step ζ; ``step``: ``ancestral`` (paper) or ``euler`` (ODE)."""
 
     default_num_steps = 1000
-    tuning = {"zeta": (0.1, 0.3, 1.0, 3.0)}
+    tuning = {"zeta": (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)}  # the right ζ scales with ‖A‖ (CT in physical units: ~16)
 
     def __init__(self, zeta: float = 1.0, step: Literal["ancestral", "euler"] = "ancestral"):
         check_positive("DPS", zeta=zeta)
