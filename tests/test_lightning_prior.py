@@ -95,8 +95,8 @@ def test_lr_schedule_warmup_then_cosine():
     cfg = module.configure_optimizers()
     opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
     assert isinstance(opt, torch.optim.AdamW) and cfg["lr_scheduler"]["interval"] == "step"
-    for k in range(25):
-        expected = 1e-2 * min(1.0, (k + 1) / 4) * 0.5 * (1 + math.cos(math.pi * min(1.0, k / 20)))
+    for k in range(21):  # warm-up (k+1)/W, then a cosine over the remaining T − W steps, 0 at k = T
+        expected = 1e-2 * ((k + 1) / 4 if k < 4 else 0.5 * (1 + math.cos(math.pi * (k - 4) / (20 - 4))))
         assert opt.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-9, abs=1e-15)
         opt.step()
         sched.step()
