@@ -1,25 +1,26 @@
 """A LightningDataModule that synthesises measurements ``y = A x + η`` from any image dataset.
 
-Reproducibility contract (DESIGN.md, "DataModules"): the noise of an item is drawn from its own
-generator, seeded by ``seed_for(seed, split_id, index)`` for val/test and by
-``seed_for(seed, split_id, index, epoch)`` for train, where ``index`` is the item's index into
-``images``. So val/test measurements are identical for any batch size, worker count or world size,
-training sees fresh noise every epoch, and the global RNG is never used.
+Reproducibility contract (DESIGN.md, "DataModules"): the noise of a val/test item is drawn from its
+own generator, seeded by ``seed_for(seed, split_id, index)`` where ``index`` is the item's index into
+``images``; so val/test measurements are identical for any batch size, worker count or world size,
+and the global RNG is never used. Training items are ``{"x", "index"}`` only: the training steps draw
+their own noise (``DiffpostModule.step_generator``), so synthesising a measurement per training image
+would be wasted work. ``train_measurements=True`` adds ``y`` seeded by ``(seed, 0, index, epoch)``.
 
-The training epoch reaches the dataset through the sampler, the standard PyTorch contract
-(``sampler.set_epoch(e)`` before creating the epoch's iterator): Lightning calls ``set_epoch`` on the
-train loader's sampler every epoch (on our own sampler on one process, on the ``DistributedSampler``
-it substitutes under DDP), and the loader copies the sampler's epoch into the dataset when its
-iterator is created, before workers start. Workers are not persistent, so each epoch's workers see it.
+Exact resume: the training order is a pure function of ``(seed, epoch)`` (``EpochSampler``, sharded
+over ranks like ``DistributedSampler``), and the train loader counts the batches it hands out. The
+count is saved in every checkpoint (``state_dict``) and a resumed run starts the interrupted epoch
+exactly that many batches in, so no batch is seen twice or skipped.
 """
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from diffpost.operators import GaussianNoise, LinearOperator
 from diffpost.random import make_generator, seed_for
@@ -27,6 +28,14 @@ from diffpost.random import make_generator, seed_for
 #: split ids mixed into noise seeds (part of the reproducibility contract: do not renumber)
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _SHUFFLE_KEY = 97  # a seed key for the single-process training shuffle, distinct from the split ids
+
+
+def task_record(operator: LinearOperator, sigma_y: float) -> dict[str, Any]:
+    """What a model trained or evaluated on ``y = A x + N(0, σ_y²)`` depends on; checkpoints record it and
+    reusing one for another task is refused (``lightning_modules.checkpoint.check_checkpoint_matches``)."""
+    spec = operator_spec(operator)
+    return {"x_shape": list(operator.x_shape), "operator": {"class_path": spec["class_path"], "init_args": spec["init_args"]},
+            "operator_fingerprint": spec["fingerprint"], "sigma_y": float(sigma_y)}
 
 
 def operator_spec(operator: LinearOperator) -> dict[str, Any]:
@@ -40,7 +49,8 @@ def operator_spec(operator: LinearOperator) -> dict[str, Any]:
 
 
 class MeasurementDataset(Dataset):
-    """Items ``{"x", "y", "index"}`` for the given indices of ``images``; ``A x`` per sample on CPU."""
+    """Items ``{"x", "y", "index"}`` for the given indices of ``images``; ``A x`` per sample on CPU.
+    With ``measure=False`` items are ``{"x", "index"}`` and no measurement is synthesised."""
 
     def __init__(
         self,
@@ -50,10 +60,11 @@ class MeasurementDataset(Dataset):
         indices: range,
         split: str,
         seed: int,
+        measure: bool = True,
     ):
         super().__init__()
         self.images, self.operator, self.noise = images, operator, noise
-        self.indices, self.split, self.seed = indices, split, int(seed)
+        self.indices, self.split, self.seed, self.measure = indices, split, int(seed), bool(measure)
         self.split_id = SPLIT_IDS[split]
         self.epoch = 0  # used by the train split only
         self._cpu_copy: LinearOperator | None = None
@@ -100,6 +111,8 @@ class MeasurementDataset(Dataset):
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         index = self.indices[k]
         x = self.image(index)
+        if not self.measure:
+            return {"x": x, "index": torch.tensor(index, dtype=torch.long)}
         with torch.no_grad():
             # float64 then rounded to x's precision: float32 BLAS results depend on the thread count
             # (main process vs single-threaded workers); rounded float64 results do not
@@ -118,34 +131,61 @@ def _on_cpu(module: torch.nn.Module) -> bool:
     return all(t.device.type == "cpu" for t in list(module.buffers()) + list(module.parameters()))
 
 
-class EpochShuffleSampler(RandomSampler):
-    """Shuffles with a generator seeded by ``(seed, epoch)`` (no global RNG) and carries ``epoch``.
+class EpochSampler(DistributedSampler):
+    """The training order: a permutation seeded by ``(seed, epoch)`` (no global RNG), padded and
+    sharded over ``num_replicas`` ranks exactly like ``DistributedSampler``, started ``start`` items
+    into this rank's share (a resumed epoch). A ``DistributedSampler``, so Lightning keeps it under DDP
+    instead of substituting its own."""
 
-    A ``RandomSampler`` subclass on purpose: under DDP Lightning replaces it by its default
-    ``DistributedSampler`` (shuffle on), which carries ``epoch`` the same way.
-    """
+    def __init__(self, dataset: Dataset, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=int(seed))
+        self.start = 0
 
-    def __init__(self, data_source: Dataset, seed: int = 0):
-        super().__init__(data_source)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        g = make_generator(seed_for(self.seed, _SHUFFLE_KEY, self.epoch))
-        return iter(torch.randperm(len(self.data_source), generator=g).tolist())
-
-
-class EpochDataLoader(DataLoader):
-    """A DataLoader that hands its sampler's epoch to a ``MeasurementDataset`` when an epoch starts."""
+    def order(self, epoch: int) -> list[int]:
+        """This rank's items of ``epoch``, from the beginning."""
+        perm = torch.randperm(len(self.dataset), generator=make_generator(seed_for(self.seed, _SHUFFLE_KEY, epoch))).tolist()
+        perm += (perm * math.ceil(self.total_size / max(1, len(perm))))[: self.total_size - len(perm)]
+        return perm[self.rank : self.total_size : self.num_replicas]
 
     def __iter__(self):
-        epoch = getattr(self.sampler, "epoch", None)
-        if epoch is not None and isinstance(self.dataset, MeasurementDataset):
-            self.dataset.set_epoch(epoch)
-        return super().__iter__()
+        return iter(self.order(self.epoch)[self.start :])
+
+    def __len__(self) -> int:
+        return self.num_samples  # the whole epoch: Lightning counts a resumed epoch's batches from its start
+
+
+class ResumableLoader(DataLoader):
+    """The training loader: counts the batches handed out in the current epoch (``state_dict``) and,
+    after ``load_state_dict``, starts the interrupted epoch that many batches in.
+
+    Iteration is lazy: the epoch is read from the sampler and the skip applied at the first ``next``,
+    after Lightning has restored the checkpoint and called ``set_epoch``, whenever ``iter`` was called.
+    Lightning fetches no batch ahead from a loader with a length, so the count is exactly the number
+    of batches trained on when a checkpoint is written."""
+
+    def __init__(self, dataset: Dataset, sampler: EpochSampler, **kwargs):
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self.epoch, self.batches, self._resume = 0, 0, None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches"]))
+
+    def __iter__(self):
+        epoch, start = self.sampler.epoch, 0
+        if self._resume is not None:
+            saved_epoch, batches = self._resume
+            self._resume = None
+            start = batches if saved_epoch == epoch else 0  # a finished epoch resumes at the next one's start
+        if isinstance(self.dataset, MeasurementDataset):
+            self.dataset.set_epoch(epoch)  # before workers start: they see the epoch of their items
+        self.sampler.start = start * self.batch_size
+        self.epoch, self.batches = epoch, start
+        for batch in super().__iter__():
+            self.batches += 1
+            yield batch
 
 
 class InverseProblemDataModule(LightningDataModule):
@@ -153,7 +193,8 @@ class InverseProblemDataModule(LightningDataModule):
 
     Splits are disjoint index ranges of ``images``: val ``[0, n_val)``, test ``[n_val, n_val + n_test)``,
     train the next ``n_train`` indices (default: all the rest). Batches are dicts ``x (B, C, H, W)``,
-    ``y (B, *y_shape)``, ``index (B,)`` (indices into ``images``).
+    ``y (B, *y_shape)``, ``index (B,)`` (indices into ``images``); training batches have no ``y``
+    unless ``train_measurements``.
     """
 
     def __init__(
@@ -168,6 +209,7 @@ class InverseProblemDataModule(LightningDataModule):
         n_test: int = 64,
         seed: int = 0,
         pin_memory: bool = False,
+        train_measurements: bool = False,
     ):
         super().__init__()
         if not isinstance(operator, LinearOperator):
@@ -191,6 +233,9 @@ class InverseProblemDataModule(LightningDataModule):
         self._operator = operator
         self._noise = GaussianNoise(sigma_y)  # validates sigma_y
         self.batch_size, self.num_workers, self.pin_memory, self.seed = batch_size, num_workers, bool(pin_memory), int(seed)
+        self.train_measurements = bool(train_measurements)
+        self._train_loader: ResumableLoader | None = None
+        self._train_state: dict[str, int] | None = None
         n_train_eff = total - n_eval if n_train is None else n_train
         self.split_indices = {
             "val": range(0, n_val),
@@ -241,12 +286,16 @@ class InverseProblemDataModule(LightningDataModule):
             raise ValueError(f"InverseProblemDataModule: split must be one of {list(SPLIT_IDS)}, got {split!r}")
         if split not in self._datasets:
             self._datasets[split] = MeasurementDataset(
-                self._images, self._operator, self._noise, self.split_indices[split], split, self.seed
+                self._images, self._operator, self._noise, self.split_indices[split], split, self.seed,
+                measure=split != "train" or self.train_measurements,
             )
         return self._datasets[split]
 
     def setup(self, stage: str | None = None) -> None:
-        # fail early (not inside a worker) if images and operator disagree
+        self.check()
+
+    def check(self) -> None:
+        """Fail early (not inside a worker, and before a run writes anything) if images and operator disagree."""
         for split in ("val", "test", "train"):
             if len(self.split_indices[split]):
                 self.dataset(split).image(self.split_indices[split][0])
@@ -263,11 +312,36 @@ class InverseProblemDataModule(LightningDataModule):
             raise ValueError(f"InverseProblemDataModule: the {split} split is empty (check n_{split} and len(images))")
         common = dict(batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory)
         if train:
-            return EpochDataLoader(ds, sampler=EpochShuffleSampler(ds, self.seed), drop_last=False, **common)
+            trainer = self.trainer  # under DDP each rank takes its share of the (seed, epoch) order
+            replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            loader = ResumableLoader(ds, EpochSampler(ds, self.seed, replicas, rank), drop_last=False, **common)
+            if self._train_state is not None:
+                loader.load_state_dict(self._train_state)
+                self._train_state = None
+            self._train_loader = loader
+            return loader
         return DataLoader(ds, shuffle=False, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
+
+    # ------------------------------------------------------------------------- resume and identity
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: where the training loader is in its epoch."""
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        loader_state = state.get("train_loader")
+        if loader_state is None:
+            return
+        if self._train_loader is not None:  # the loader already exists: it applies the state at its next epoch
+            self._train_loader.load_state_dict(loader_state)
+        else:
+            self._train_state = dict(loader_state)
+
+    def task_record(self) -> dict[str, Any]:
+        """This data's ``task_record`` (image shape, operator, σ_y)."""
+        return task_record(self._operator, self.sigma_y)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)

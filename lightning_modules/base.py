@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -10,7 +11,10 @@ import torch
 
 from diffpost.config import Configurable, class_path, spec_of
 from diffpost.random import seed_for
-from lightning_modules.checkpoint import CHECKPOINT_FORMAT
+from lightning_modules.checkpoint import CHECKPOINT_FORMAT, check_checkpoint_matches, spec_digest, verify_archive
+
+#: seed key of the global RNG during a training step (dropout and any other global-RNG draw)
+_GLOBAL_RNG_STREAM = 1_000_003
 
 
 class DiffpostModule(pl.LightningModule):
@@ -19,7 +23,10 @@ class DiffpostModule(pl.LightningModule):
     - hyper-parameters hold only plain types and specs (``object_args`` are replaced by their specs),
       so checkpoints load with ``weights_only=True`` and rebuild without YAML;
     - ``step_generator`` gives a generator seeded by (seed, stream, rank, epoch, batch): ranks draw
-      different noise, reruns and resumed runs draw the same.
+      different noise, reruns and resumed runs draw the same; the global RNG is reseeded from the same
+      key before each training step, so global draws (dropout) resume exactly too;
+    - checkpoints record fingerprints (network spec, and e.g. operator and preconditioner) and the
+      data's task; loading recomputes and compares them.
     """
 
     def _save_config(self, object_args: dict[str, Any]) -> None:
@@ -41,15 +48,36 @@ class DiffpostModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["diffpost"] = {"module": class_path(self), "format": CHECKPOINT_FORMAT, **self.checkpoint_metadata()}
+        meta = {"module": class_path(self), "format": CHECKPOINT_FORMAT, **self.checkpoint_metadata(), **self.fingerprints()}
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        if hasattr(dm, "task_record"):
+            meta["data"] = dm.task_record()
+        checkpoint["diffpost"] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning's own loading (resume, --ckpt_path) restores the same facts as load_module
+        # Lightning's own loading (resume, --ckpt_path): the archive's CRCs, then the same refusals as
+        # the CLI's preflight (for runs started from Python), then the facts load_module restores
+        trainer = self._trainer
+        if trainer is not None:
+            path = trainer.ckpt_path
+            if path is not None and os.path.isfile(path):
+                verify_archive(path)
+            task = trainer.datamodule.task_record() if hasattr(trainer.datamodule, "task_record") else None
+            check_checkpoint_matches(checkpoint, path, module_class=class_path(self), model=self, data_task=task,
+                                     resuming=trainer.state.fn == "fit")
         self.on_load_diffpost_checkpoint(checkpoint)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         """Extra plain-typed facts stored with the checkpoint (e.g. the operator fingerprint)."""
         return {}
+
+    def fingerprints(self) -> dict[str, str]:
+        """The fingerprints a checkpoint records and every load recomputes: the network spec's, and
+        those of ``checkpoint_metadata`` (operator, preconditioner)."""
+        out = {k: v for k, v in self.checkpoint_metadata().items() if k.endswith("_fingerprint")}
+        if self.hparams.get("net") is not None:
+            out["network_fingerprint"] = spec_digest(self.hparams["net"])
+        return out
 
     def on_load_diffpost_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore what ``checkpoint_metadata`` stored (called by ``load_module`` and on resume)."""
@@ -62,6 +90,11 @@ class DiffpostModule(pl.LightningModule):
         g = torch.Generator(device=self.device)
         g.manual_seed(seed_for(self.hparams.seed, stream, self.global_rank, self.current_epoch, batch_idx))
         return g
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning does not save the global RNG; reseeding it per step makes its draws a function of
+        # the position, like step_generator's
+        torch.manual_seed(seed_for(self.hparams.get("seed", 0), _GLOBAL_RNG_STREAM, self.global_rank, self.current_epoch, batch_idx))
 
     # ------------------------------------------------------------------ optimisation
     def build_optimizer(self, lr: float, weight_decay: float, warmup_steps: int, lr_schedule: Literal["constant", "cosine"]):

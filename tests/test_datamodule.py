@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from datamodules import InverseProblemDataModule, build_operator, load_measurements
+from datamodules.inverse_problem import EpochSampler
 from datamodules.sources import Ellipses
 from diffpost.operators import DenseOperator, LinearOperator
 
@@ -184,7 +185,7 @@ class _Recorder(L.LightningModule):
 def _fit_noise(num_workers: int, tmp_path, epochs: int = 3) -> dict[tuple[int, int], torch.Tensor]:
     """Train for a few epochs and return the training noise y − A x per (epoch, index)."""
     matrix = _matrix()
-    dm = _dm(operator=DenseOperator(matrix, X_SHAPE), n_train=12, num_workers=num_workers)
+    dm = _dm(operator=DenseOperator(matrix, X_SHAPE), n_train=12, num_workers=num_workers, train_measurements=True)
     model = _Recorder()
     trainer = L.Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -221,13 +222,13 @@ def test_training_noise_is_fresh_each_epoch_and_reproducible(tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_epoch_reaches_the_dataset_through_a_distributed_sampler():
-    """Under DDP Lightning swaps in DistributedSampler(dataset) and calls its set_epoch: the train
-    loader must hand that epoch to the dataset (as with its own sampler)."""
-    dm = _dm(n_train=8, batch_size=8)
+def test_epoch_reaches_the_dataset_through_a_rank_share():
+    """Under DDP each rank's loader iterates its share of the (seed, epoch) order and Lightning calls
+    set_epoch on it: the loader must hand that epoch to the dataset (as on one process)."""
+    dm = _dm(n_train=8, batch_size=8, train_measurements=True)
     loader = dm.train_dataloader()
     ds = loader.dataset
-    dist_loader = type(loader)(ds, batch_size=8, sampler=DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True))
+    dist_loader = type(loader)(ds, EpochSampler(ds, dm.seed, num_replicas=2, rank=1), batch_size=8)
 
     def noisy(ldr, epoch):
         ldr.sampler.set_epoch(epoch)
@@ -245,6 +246,91 @@ def test_epoch_reaches_the_dataset_through_a_distributed_sampler():
     dm.set_epoch(1)
     manual = _collect(torch.utils.data.DataLoader(dm.dataset("train"), batch_size=3))
     assert all(torch.equal(manual[i][1], s1[i][1]) for i in s1)
+
+
+# ------------------------------------------------------ training items: no unused synthesis; resume
+def test_training_items_skip_measurement_synthesis_and_val_test_stay_bit_identical():
+    """Training steps draw their own noise, so the train split synthesises no y (no operator call);
+    val/test y are unchanged: the seeded formula y = A x + σ_y n, n ~ N(0, I) from
+    seed_for(seed, split_id, index), in float64 then rounded, for either setting. Bugs caught: training
+    items still synthesising y (wasted operator calls), or the change shifting val/test noise streams."""
+    from diffpost.random import make_generator, seed_for
+
+    matrix = _matrix()
+    digests = []
+    for train_measurements in (False, True):
+        dm = _dm(operator=DenseOperator(matrix, X_SHAPE), n_train=12, seed=3, train_measurements=train_measurements)
+        before = dict(dm.operator.counts)
+        batch = next(iter(dm.train_dataloader()))
+        assert set(batch) == ({"x", "y", "index"} if train_measurements else {"x", "index"})
+        assert (dict(dm.operator.counts) != before) == train_measurements  # A x only when y is wanted
+        h = __import__("hashlib").sha256()
+        for split, split_id in (("val", 1), ("test", 2)):
+            ds = dm.dataset(split)
+            for k in range(len(ds)):
+                item, index = ds[k], dm.split_indices[split][k]
+                clean = _oracle_Ax(matrix, item["x"][None])[0]
+                noise = torch.randn(clean.shape, generator=make_generator(seed_for(3, split_id, index)), dtype=torch.float64)
+                assert torch.equal(item["y"], (clean + 0.1 * noise).float()), (split, index)
+                h.update(item["y"].numpy().tobytes())
+        digests.append(h.hexdigest()[:16])
+    # and what the code before this change (commit 2770809) produced for this data and seed
+    assert digests == ["61a7759df6cc5c88"] * 2
+
+
+def test_epoch_sampler_order_is_a_function_of_seed_and_epoch_sharded_over_ranks():
+    ds = _dm(n_train=10).dataset("train")
+    orders = {}
+    for epoch in (0, 1):
+        shares = [EpochSampler(ds, seed=5, num_replicas=3, rank=r) for r in range(3)]
+        for sh in shares:
+            sh.set_epoch(epoch)
+        got = [list(sh) for sh in shares]
+        assert all(len(g) == 4 for g in got)  # 10 items padded to 12, 4 per rank
+        assert set(sum(got, [])) == set(range(10))
+        single = EpochSampler(ds, seed=5)
+        single.set_epoch(epoch)
+        order = list(single)
+        assert sorted(order) == list(range(10))
+        assert [order[(i * 3 + r) % 10] for r in range(3) for i in range(4)] == sum(got, [])  # rank r: r, r+3, ...
+        orders[epoch] = order
+    assert orders[0] != orders[1]
+    again = EpochSampler(ds, seed=5)
+    again.set_epoch(1)
+    again.start = 4
+    assert list(again) == orders[1][4:] and len(again) == 10  # a resumed epoch; the length stays the epoch's
+
+
+def test_train_loader_state_resumes_the_epoch_at_the_next_batch():
+    """state_dict after k batches; a new loader given that state yields exactly the remaining batches of
+    the same epoch, whenever iter() was called (Lightning may call it before set_epoch); a finished or
+    older epoch resumes at the start of the current one. Bugs caught: the position not applied, applied
+    twice, counted from prefetching, or an epoch-end state skipping batches of the next epoch."""
+    def loader(state=None):
+        dm = _dm(n_train=10, batch_size=3)
+        if state is not None:
+            dm.load_state_dict({"train_loader": state})
+        return dm, dm.train_dataloader()
+
+    dm, full = loader()
+    full.sampler.set_epoch(2)
+    batches = [b["index"].tolist() for b in full]
+    assert len(batches) == 4 and sorted(sum(batches, [])) == list(range(40, 50))
+    it = iter(full)
+    full.sampler.set_epoch(2)
+    next(it), next(it)
+    state = dm.state_dict()["train_loader"]
+    assert state == {"epoch": 2, "batches": 2}
+    _, resumed = loader(state)
+    it = iter(resumed)  # before set_epoch, as in Lightning's resume path
+    resumed.sampler.set_epoch(2)
+    assert [b["index"].tolist() for b in it] == batches[2:]
+    assert resumed.state_dict() == {"epoch": 2, "batches": 4}
+    resumed.sampler.set_epoch(3)  # the next epoch starts from its beginning
+    assert len([b for b in resumed]) == 4
+    _, after_end = loader({"epoch": 2, "batches": 4})  # saved at the end of epoch 2
+    after_end.sampler.set_epoch(3)
+    assert len(list(after_end)) == 4
 
 
 # -------------------------------------------------------------------------- measurement files
@@ -397,10 +483,11 @@ class _DDPRecorder(_Recorder):
 
 @pytest.mark.slow
 def test_ddp_spawn_shards_keep_measurements_and_epochs(tmp_path):
-    """Two gloo processes: Lightning's DistributedSampler replaces ours; validation measurements equal
-    the single-process ones, and training noise per (epoch, index) equals the single-process noise."""
+    """Two gloo processes: each rank takes its share of our (seed, epoch) order (Lightning keeps our
+    DistributedSampler); validation measurements equal the single-process ones, and training noise
+    per (epoch, index) equals the single-process noise."""
     matrix = _matrix()
-    dm_args = dict(operator=DenseOperator(matrix, X_SHAPE), n_train=12, n_val=6, n_test=4)
+    dm_args = dict(operator=DenseOperator(matrix, X_SHAPE), n_train=12, n_val=6, n_test=4, train_measurements=True)
     trainer = L.Trainer(
         max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path),

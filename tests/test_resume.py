@@ -1,99 +1,180 @@
-"""Crash and resume: a training run killed with SIGKILL after its second checkpoint and resumed from
-last.ckpt ends with exactly the weights (raw and EMA) and optimiser state of an uninterrupted run.
-Each run is its own ``scripts/train.py`` process (CPU, deterministic mode)."""
+"""Exact resume: a ``scripts/train.py`` process killed with SIGKILL after a given checkpoint, resumed
+from ``last.ckpt``, ends with exactly the checkpoint of an uninterrupted run (every tensor: raw and EMA
+weights, optimiser and scheduler state, loop counters, the data loader's position), for the UCoS
+module and the prior, mid-epoch and at an epoch boundary, in one process and with 2-process DDP.
+
+The victim is a real subprocess (``tests/resume_worker.py``) that pauses when it reaches the chosen
+step, so the kill lands at a known point; reference and resumed runs run in this process where they
+can (CPU, one thread: bit-identical to a subprocess) to keep the fast case fast.
+
+Bugs these catch: a resumed epoch that restarts its data order (the loader position not saved or not
+applied, or applied twice), training noise or dropout drawn from a stream that does not depend on the
+position, and an epoch-end checkpoint resumed into the same epoch.
+"""
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import pytest
 import torch
 
+from resume_worker import marker, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / "configs" / "experiments" / "quickstart_prior.yaml"
-EPOCHS = 6  # 2 steps each; the kill comes right after the checkpoint of epoch 1
+WORKER = Path(__file__).resolve().parent / "resume_worker.py"
+CALLBACKS = ("- class_path: lightning.pytorch.callbacks.EMAWeightAveraging\n  init_args: {decay: 0.9}\n"
+             "- class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+             "  init_args: {save_last: true, every_n_train_steps: 2, save_top_k: -1, filename: '{step:03d}'}\n")
 
 
-def _write_configs(tmp: Path) -> list[str]:
-    # the quickstart experiment, shrunk: 16² images, an 8-channel U-Net, 2 steps of 4 images per epoch
-    (tmp / "callbacks.yaml").write_text(
-        "- class_path: lightning.pytorch.callbacks.EMAWeightAveraging\n"
-        "  init_args: {decay: 0.9}\n"
-        "- class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        "  init_args: {save_last: true, save_top_k: -1, every_n_epochs: 1, save_on_train_epoch_end: true,"
-        " filename: '{epoch:03d}'}\n"
-        "- class_path: callbacks.ReconstructionMetrics\n"
-        "  init_args: {n_images: 2}\n"
-    )
-    return ["--config", str(BASE), "--trainer.logger", str(ROOT / "configs" / "logger" / "csv.yaml"),
-            "--trainer.callbacks", str(tmp / "callbacks.yaml"), f"--trainer.max_epochs={EPOCHS}",
-            "--trainer.deterministic=true", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+def ucos_args(tmp: Path, max_steps: int) -> list[str]:
+    """The UCoS quickstart shrunk: sparse-view CT on 8² images, 6 steps of 4 images per epoch,
+    validation every 3 steps (inside the epoch, as in the quickstart)."""
+    return ["--config", str(ROOT / "configs/experiments/quickstart_ucos.yaml"), f"--trainer.max_steps={max_steps}",
+            "--trainer.max_time=null", "--trainer.val_check_interval=3", "--trainer.log_every_n_steps=1",
             "--model.init_args.net.init_args.base_channels=8", "--model.init_args.net.init_args.channel_mult=[1,2]",
-            "--model.init_args.net.init_args.attn_levels=[]", "--model.init_args.warmup_steps=2",
-            "--data.init_args.images.init_args.size=16", "--data.init_args.operator.init_args.shape=[1,16,16]",
-            "--data.init_args.n_val=2", "--data.init_args.n_test=2", "--data.init_args.n_train=8",
-            "--data.init_args.batch_size=4"]
+            "--data.init_args.images.init_args.size=8", "--data.init_args.operator.init_args.shape=[1,8,8]",
+            "--data.init_args.operator.init_args.n_angles=4", "--data.init_args.n_val=4", "--data.init_args.n_test=2",
+            "--data.init_args.n_train=24", "--data.init_args.batch_size=4", *_common(tmp)]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+def prior_args(tmp: Path, max_steps: int) -> list[str]:
+    """The prior quickstart shrunk: 8² images, a U-Net with dropout (global-RNG draws), 4 steps per epoch."""
+    return ["--config", str(ROOT / "configs/experiments/quickstart_prior.yaml"), f"--trainer.max_steps={max_steps}",
+            "--trainer.max_epochs=-1", "--model.init_args.net.init_args.base_channels=8",
+            "--model.init_args.net.init_args.channel_mult=[1,2]", "--model.init_args.net.init_args.attn_levels=[]",
+            "--model.init_args.net.init_args.dropout=0.2", "--model.init_args.warmup_steps=3",
+            "--model.init_args.val_sigmas=[0.5]", "--data.init_args.images.init_args.size=8",
+            "--data.init_args.operator.init_args.shape=[1,8,8]", "--data.init_args.n_val=2",
+            "--data.init_args.n_test=2", "--data.init_args.n_train=8", "--data.init_args.batch_size=2", *_common(tmp)]
 
 
-def _train(cwd: Path, args: list[str], **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), "fit", *args], cwd=cwd, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+def _common(tmp: Path) -> list[str]:
+    callbacks = tmp.parent / "callbacks.yaml"
+    callbacks.write_text(CALLBACKS)
+    return ["--trainer.logger=" + str(ROOT / "configs/logger/csv.yaml"), f"--trainer.logger.init_args.save_dir={tmp}",
+            "--trainer.logger.init_args.name=run", f"--trainer.default_root_dir={tmp}", f"--trainer.callbacks={callbacks}",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.num_sanity_val_steps=0"]
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-4000:]
-    return out
+def ckpt_dir(tmp: Path, version: int) -> Path:
+    return tmp / "run" / f"version_{version}" / "checkpoints"
 
 
-def _ckpt_dir(cwd: Path, version: int) -> Path:
-    return cwd / "runs" / "diffpost" / f"version_{version}" / "checkpoints"
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(ROOT)}
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    args = _write_configs(tmp_path)
+def start_victim(tmp: Path, args: list[str], pause_step: int, nproc: int = 1) -> subprocess.Popen:
+    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                    f"--nproc_per_node={nproc}"]
+    return subprocess.Popen([*launcher, str(WORKER), str(tmp), str(pause_step), "--", "fit", *args], cwd=tmp, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def kill_when_paused(proc: subprocess.Popen, tmp: Path, step: int, nproc: int = 1) -> Path:
+    """SIGKILL the victim (every rank, and the launcher) once it waits at ``step``, after the checkpoint of
+    that step exists; returns that checkpoint's ``last.ckpt``."""
+    markers = [marker(tmp, r) for r in range(nproc)]
+    wait_for([*markers, ckpt_dir(tmp, 0) / f"step={step:03d}.ckpt"], proc)
+    for m in markers:
+        os.kill(int(m.read_text()), signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    last = ckpt_dir(tmp, 0) / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == step
+    return last
+
+
+def train_here(args: list[str]) -> None:
+    from lightning_modules.train_cli import main
+
+    assert main(["fit", *args]) == 0
+
+
+def tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint, by its path in the nested dicts/lists."""
+    if torch.is_tensor(obj):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return {k: v for key, value in items for k, v in tensors(value, f"{prefix}/{key}").items()}
+
+
+def assert_same_checkpoint(a_path: Path, b_path: Path, final_step: int) -> None:
+    a, b = (torch.load(p, weights_only=True) for p in (a_path, b_path))
+    assert a["global_step"] == b["global_step"] == final_step
+    # no partial epoch counted twice: epochs done, batches of this epoch, optimiser steps. (Lightning's
+    # ready/started epoch counters and validation totals differ after an epoch-end resume: its bookkeeping.)
+    la, lb = a["loops"]["fit_loop"], b["loops"]["fit_loop"]
+    assert a["epoch"] == b["epoch"]
+    for key in ("epoch_loop.batch_progress", "epoch_loop.state_dict", "epoch_loop.automatic_optimization.optim_progress"):
+        assert la[key] == lb[key], key
+    for part in ("total", "current"):
+        for count in ("processed", "completed"):
+            assert la["epoch_progress"][part][count] == lb["epoch_progress"][part][count]
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys() and len(ta) > 20
+    differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not differ, f"{len(differ)} of {len(ta)} tensors differ, e.g. {differ[:5]}"
+    assert a["InverseProblemDataModule"] == b["InverseProblemDataModule"]
+
+
+def check_kill_and_resume(tmp_path: Path, make_args, pause_step: int, final_step: int, nproc: int = 1) -> None:
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     straight.mkdir(), crashed.mkdir()
+    victim = start_victim(crashed, make_args(crashed, final_step), pause_step, nproc)
+    if nproc == 1:  # meanwhile, the uninterrupted run
+        train_here(make_args(straight, final_step))
+    else:
+        run_torchrun(straight, make_args(straight, final_step), nproc)
+    last = kill_when_paused(victim, crashed, pause_step, nproc)
+    resumed = [*make_args(crashed, final_step), f"--ckpt_path={last}"]
+    train_here(resumed) if nproc == 1 else run_torchrun(crashed, resumed, nproc)
+    assert_same_checkpoint(ckpt_dir(straight, 0) / "last.ckpt", ckpt_dir(crashed, 1) / "last.ckpt", final_step)
+    # the test could not pass by accident: training moved the weights after the kill
+    at_kill, final = (torch.load(p, weights_only=True) for p in (last, ckpt_dir(crashed, 1) / "last.ckpt"))
+    assert any(not torch.equal(at_kill["state_dict"][k], final["state_dict"][k]) for k in final["state_dict"])
 
-    uninterrupted = _train(straight, args)
-    victim = _train(crashed, args)
-    second = _ckpt_dir(crashed, 0) / "epoch=001.ckpt"
-    deadline = time.monotonic() + 240
-    while not second.exists():
-        assert victim.poll() is None, victim.communicate()[0][-4000:]
-        assert time.monotonic() < deadline, "no second checkpoint within 4 minutes"
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate()
-    assert victim.returncode == -signal.SIGKILL
-    final_name = f"epoch={EPOCHS - 1:03d}.ckpt"
-    assert not (_ckpt_dir(crashed, 0) / final_name).exists(), "the run finished before it was killed"
-    last = _ckpt_dir(crashed, 0) / "last.ckpt"
-    resumed_from = torch.load(last, weights_only=True)["epoch"]
-    # usually 0 or 1 (the kill may land before or after last.ckpt is refreshed); later if this
-    # process was starved of CPU while the victim ran on: any epoch before the last one will do
-    assert 0 <= resumed_from < EPOCHS - 1
 
-    _finish(_train(crashed, [*args, f"--ckpt_path={last}"]))
-    _finish(uninterrupted)
+def run_torchrun(tmp: Path, args: list[str], nproc: int) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(ROOT / "scripts" / "train.py"), "fit", *args, "--trainer.strategy=ddp", f"--trainer.devices={nproc}"]
+    proc = subprocess.run(cmd, cwd=tmp, env=env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
 
-    a = torch.load(_ckpt_dir(straight, 0) / "last.ckpt", weights_only=True)
-    b = torch.load(_ckpt_dir(crashed, 1) / "last.ckpt", weights_only=True)  # the resumed run's new version dir
-    assert a["global_step"] == b["global_step"] == 2 * EPOCHS
-    for key in ("state_dict", "current_model_state"):  # EMA and raw weights
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), (key, name)
-    assert torch.equal(a["averaging_state"]["n_averaged"], b["averaging_state"]["n_averaged"])
-    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
-        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
-    # a test that could not fail would prove nothing: training did move the weights
-    first = torch.load(_ckpt_dir(straight, 0) / "epoch=000.ckpt", weights_only=True)
-    assert not all(torch.equal(first["state_dict"][n], a["state_dict"][n]) for n in a["state_dict"])
+
+# ------------------------------------------------------------------------------------------ the cases
+def test_ucos_killed_mid_epoch_resumes_bit_identical(tmp_path):
+    """Killed after step 4 of a 6-step epoch (between validations at steps 3 and 6), resumed to step 10:
+    the resumed epoch must start at its 5th batch, and epoch 1 must follow in its own order."""
+    check_kill_and_resume(tmp_path, ucos_args, pause_step=4, final_step=10)
+
+
+@pytest.mark.slow
+def test_ucos_killed_at_an_epoch_boundary_resumes_bit_identical(tmp_path):
+    check_kill_and_resume(tmp_path, ucos_args, pause_step=6, final_step=10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pause_step", [6, 8], ids=["mid-epoch-1", "epoch-boundary"])
+def test_prior_killed_resumes_bit_identical(tmp_path, pause_step):
+    """The prior with EMA, a warm-up schedule and dropout (global RNG), 4 steps per epoch: killed in the
+    middle of its second epoch, or at the end of it."""
+    check_kill_and_resume(tmp_path, prior_args, pause_step=pause_step, final_step=12)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_killed_mid_epoch_resume_bit_identical(tmp_path):
+    """2 gloo processes under torchrun: each rank takes its share of the (seed, epoch) order; killed
+    after step 2 of a 3-step epoch (12 images, 2 per rank per step), resumed under torchrun."""
+    def args(tmp, steps):
+        return [*ucos_args(tmp, steps), "--data.init_args.n_train=12", "--data.init_args.batch_size=2",
+                "--trainer.val_check_interval=2", "--trainer.strategy=ddp", "--trainer.devices=2"]
+
+    check_kill_and_resume(tmp_path, args, pause_step=2, final_step=6, nproc=2)
