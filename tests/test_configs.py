@@ -262,6 +262,25 @@ def test_another_task_layers_over_the_ucos_experiment(fake_data):
     assert cli.model.operator.fingerprint() == cli.datamodule.operator.fingerprint()
 
 
+def test_ucos_experiment_runs_the_test_subcommand(fake_data):
+    """`train.py test` on a UCoS experiment logs test/mmse_psnr: the mean per-image PSNR of the one-call
+    estimate D_θ(Aᵀy/σ_y², σ_max) on the test split (computed here with scikit-image)."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    cli = run_cli(["test", "--config", str(UCOS_BASE), "--data", str(CONFIGS / "task" / "blur_gauss.yaml"),
+                   *CPU, *SMALL])
+    model, dm = cli.model, cli.datamodule
+    ds = dm.dataset("test")
+    items = [ds[k] for k in range(2)]  # fast_dev_run: one batch of 2
+    x, y = torch.stack([it["x"] for it in items]), torch.stack([it["y"] for it in items])
+    with torch.no_grad():
+        est = model.aux(dm.operator.adjoint(y) / dm.sigma_y**2, torch.full((2,), model.hparams.sigma_max))
+    unit = [((t.double() + 1) / 2).clamp(0, 1).numpy() for t in (x, est)]
+    expected = np.mean([peak_signal_noise_ratio(a, b, data_range=1.0) for a, b in zip(*unit)])
+    assert float(cli.trainer.callback_metrics["test/mmse_psnr"]) == pytest.approx(expected, abs=1e-3)
+    assert "test/input_estimate_psnr" in cli.trainer.callback_metrics
+
+
 @pytest.mark.parametrize("name, value", [("sigma_y", "0.5"), ("operator", json.dumps(
     {"class_path": "diffpost.operators.Blur", "init_args": {"shape": [1, 32, 32], "blur_sigma": 1.0}}))])
 def test_task_arguments_that_disagree_are_an_error(fake_data, capsys, name, value):
