@@ -89,8 +89,8 @@ EXACT = [pytest.param("ve", "fixed", id="ve-fixed"), pytest.param("ve", "learned
 @pytest.mark.parametrize("chain,precision", EXACT)
 def test_exact_conditional_score_gives_the_posterior_mean(chain, precision, opname):
     """Paper settings (VE 30 × 20, VP 400 × 1), σ_max = 80: relative error ≤ 1e-3 (measured 2e-6–1.4e-5,
-    the start error). Catches the paper's sign slip (μ − s1Λ⁻¹∇: error O(1) or divergence), a sampled
-    transition term (0.12–0.38: sample noise), a VP state not rescaled by α (0.28 at 5 steps)."""
+    the start error). Catches the paper's sign slip (μ − s1Λ⁻¹∇), a sampled transition term (μ_{k+1} − x̃:
+    sample noise), δ_k = σ_{k+1} − σ_k."""
     op, y, posts = gaussian_case(opname)
     out = rmp(RMP(chain=chain, precision=precision, zeta=0.0), posterior_model(posts), op, y)
     assert out.mean_only and out.samples.shape == (2, 1, *SHAPE)
@@ -101,7 +101,7 @@ def test_exact_conditional_score_gives_the_posterior_mean(chain, precision, opna
 def test_start_error_shrinks_as_predicted(chain):
     """With μ_K = 0 the error at σ_min is −(Σ_post + σ_min²)(Σ_post + σ_max²)⁻¹ μ_post (module docstring, 1):
     the whole error VECTOR is matched, for σ_max = 1, 2, 5 (measured: VE to 4e-8 of its norm; VP with one
-    inner step per level to 3–6 %). Catches σ vs σ² in δ_k or in the prior curvature, a wrong start."""
+    inner step per level to 3–6 %). Catches δ_k = σ_{k+1} − σ_k, a wrong start."""
     op, y, posts = gaussian_case("blur")
     I = torch.eye(16, dtype=F64)
     tol = 1e-5 if chain == "ve" else 0.1
@@ -119,7 +119,7 @@ def test_start_error_shrinks_as_predicted(chain):
 def test_ve_and_vp_chains_are_one_algorithm_on_one_grid():
     """On the same σ grid the VP chain is the VE chain in coordinates z = α x̄ (module docstring, 6), for
     both precisions and the covariant ('fixed') likelihood weight: equal to rounding. Catches a wrong
-    a = α_{k+1}²/α_k², β, the α in the score or Hessian, or a VP warm start at μ_{k+1} (error 0.27)."""
+    a = α_{k+1}²/α_k², β, a missing 1/α in the score, or a VP warm start at μ_{k+1} (not μ_{k+1}/√a)."""
     op = OPS["blur"]()
     y = measure(PRIOR, op)
     for precision in ("fixed", "learned"):
@@ -167,7 +167,8 @@ def test_gmm_exact_conditional_score():
     practice (weights 1 − 1e-5): error 7e-6 (≤ 1e-4). (b) Modes ±0.6u in the null space (both kept, weights
     0.3/0.7): plugging the mean into the non-affine m_k walks the chain onto the heavier mode: relative
     errors 0.39–0.48, projection on u −0.52…−0.61 (the mode: −0.6) against the exact −0.25…−0.32.
-    A limit of the method, pinned so that it is seen (10 VE steps; 30 give the same)."""
+    A limit of the method, pinned so that it is seen (10 VE steps; 30 give the same). Also catches a
+    fixed precision with 1/σ for 1/σ²."""
     u = torch.linspace(-1, 1, 16, dtype=F64).reshape(4, 4).T.reshape(-1)
     gmm = GMMPrior(torch.tensor([0.3, 0.7], dtype=F64), torch.stack([0.6 * u, -0.6 * u]), torch.stack([_cov(0.1)] * 2), SHAPE)
     op = OPS["blur"]()
@@ -224,7 +225,7 @@ def test_cost_counts(kw, nfe, vjp):
 
 def test_learned_precision_is_returned_and_near_the_exact_curvature():
     """``extras['precision']`` (one per measurement) = Λ_t + ĥ at σ_min; on the Gaussian oracle ĥ estimates
-    tr((Σ_post + σ_min²)⁻¹)/d (one Rademacher probe: within a factor 2)."""
+    tr((Σ_post + σ_min²)⁻¹)/d (one Rademacher probe: within a factor 2). Catches ĥ not divided by d."""
     op, y, posts = gaussian_case("blur")
     out = rmp(RMP(zeta=0.0, precision="learned", s1=0.5), posterior_model(posts), op, y, 30)
     lam = out.extras["precision"]
@@ -253,3 +254,50 @@ def test_paper_operating_points_and_bad_arguments():
                      (dict(zeta=-1.0), "zeta"), (dict(zeta=math.nan), "zeta"), (dict(s1=True), "s1")):
         with pytest.raises(ValueError, match=f"RMP: {word}"):
             RMP(**kw)
+
+
+# ------------------------------------------------------------------------------- Lightning and scripts
+def test_rmp_from_a_prior_checkpoint_through_the_callback_and_sample_script(tmp_path, capsys):
+    """No RMP-specific code outside diffpost/posterior/rmp.py: a tiny prior is trained with
+    ``ReconstructionMetrics(PosteriorSampling(method=RMP(...)))`` (which logs val/rmp/psnr), saved, and
+    sampled by ``scripts/sample.py --method rmp``: the mean only (no std.pt, metrics.json says
+    mean_only), with NFE = VJP = steps·inner·2 probes and one A and one Aᵀ per probe."""
+    import lightning as L
+
+    from callbacks import ReconstructionMetrics
+    from datamodules import Ellipses, InverseProblemDataModule
+    from diffpost.nets.unet import UNet
+    from lightning_modules.prior import ScorePriorModule
+    from lightning_modules.reconstruct import PosteriorSampling
+
+    spec = importlib.util.spec_from_file_location("diffpost_sample_script_rmp", REPO / "scripts" / "sample.py")
+    sample = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sample)
+    op = CT((1, 16, 16), n_angles=8)
+    with torch.random.fork_rng():  # network init and Lightning seed the global RNG (by design; not RMP)
+        torch.manual_seed(0)
+        dm = InverseProblemDataModule(Ellipses(size=16, length=16), op, sigma_y=0.05, batch_size=4, n_val=2, n_test=4)
+        net = UNet(1, 1, base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_levels=[])
+        module = ScorePriorModule(net, num_steps=2)
+        cb = ReconstructionMetrics(PosteriorSampling(method=RMP(inner_steps=1, zeta=0.5), num_steps=2), n_images=2)
+        trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu",
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[cb])
+        trainer.fit(module, dm)
+        trainer.save_checkpoint(tmp_path / "prior.ckpt")
+        meas = dm.export_measurements(str(tmp_path / "meas.pt"), n=3)
+        out = tmp_path / "out"
+        code = sample.main(["--checkpoint", str(tmp_path / "prior.ckpt"), "--measurements", meas, "--method", "rmp",
+                            "--steps", "2", "--method-arg", "inner_steps=1", "--n-samples", "4", "--accelerator", "cpu",
+                            "--no-figures", "--output", str(out)])
+    assert math.isfinite(float(trainer.callback_metrics["val/rmp/psnr"]))
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["index.pt", "mean.pt", "metrics.json", "samples.pt"]
+    samples = torch.load(out / "samples.pt", weights_only=True)
+    assert samples.shape == (3, 1, 1, 16, 16) and torch.isfinite(samples).all()
+    torch.testing.assert_close(torch.load(out / "mean.pt", weights_only=True), samples[:, 0])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["mean_only"] is True and m["n_samples"] == 1 and "note" in m["calibration"]
+    assert m["settings"]["method"] == "rmp"
+    assert m["aggregate"]["nfe"]["mean"] == 2 * 1 * 2 and m["aggregate"]["vjp"]["mean"] == 2 * 1 * 2
+    assert m["cost"]["operator_calls"] == {"forward": 3 * 4, "adjoint": 3 * 4}
