@@ -83,15 +83,15 @@ class PosteriorWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         samples = prediction["samples"].cpu()
         truth = batch["x"].cpu() if "x" in batch else None
-        B, mean_only = samples.shape[0], bool(prediction["mean_only"])
+        B, mean_only = samples.shape[0], bool(pl_module.method.mean_estimator)
         mean = samples.mean(1)
         std = samples.std(1) if samples.shape[1] > 1 and not mean_only else None
         shard = {"rank": trainer.global_rank, "position": batch["position"].cpu(), "index": batch["index"].cpu(),
                  "samples": samples, "mean": mean, "std": torch.zeros_like(mean) if std is None else std,
                  "metrics": {k: v.cpu() for k, v in measurement_metrics(samples, truth, mean_only).items()},
-                 "nfe": prediction["nfe"], "vjp": prediction["vjp"], "seconds": prediction["seconds"],
+                 "nfe": int(prediction["nfe"]), "vjp": int(prediction["vjp"]), "seconds": float(prediction["seconds"]),
                  # operators count per image: a batch's calls split evenly over its measurements
-                 "operator_calls": {k: float(v) / B for k, v in prediction["operator_calls"].items()}}
+                 "operator_calls": {k: float(prediction[k]) / B for k in ("forward", "adjoint")}}
         torch.save(shard, self.workdir / SHARDS / f"rank{trainer.global_rank:05d}-batch{batch_idx:06d}.pt")
         if self.figures:
             backprojection = pl_module.operator.adjoint(batch["y"].to(samples.dtype)).cpu()
@@ -104,7 +104,7 @@ class PosteriorWriter(BasePredictionWriter):
         if self.progress_lines and trainer.is_global_zero:  # a log line per batch when no bar is drawn
             total = len(trainer.predict_dataloaders.dataset) if trainer.predict_dataloaders is not None else "?"
             print(f"sampling: rank 0 finished batch {batch_idx + 1} ({self._done} of its measurements; {total} in all) "
-                  f"in {prediction['seconds']:.1f} s", file=sys.stderr, flush=True)
+                  f"in {float(prediction['seconds']):.1f} s", file=sys.stderr, flush=True)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         mem, kind = peak_memory(pl_module.device)

@@ -34,7 +34,15 @@ class DiffpostModule(pl.LightningModule):
         (networks, operators) stored as its spec. Objects must be ``Configurable`` or have ``config()``:
         a checkpoint has to rebuild them from plain types, importing only this project's classes."""
         frame = inspect.currentframe().f_back  # the subclass __init__, whose arguments we record
-        self.save_hyperparameters(ignore=list(object_args), frame=frame)
+        code = frame.f_code
+        names = code.co_varnames[1:code.co_argcount + code.co_kwonlyargcount]
+        # passed as one mapping: Lightning would otherwise take the hyper-parameters LightningCLI is
+        # instantiating (a context variable) for every module built meanwhile, e.g. the prior that a
+        # PosteriorModule loads inside its own __init__
+        self.save_hyperparameters({k: frame.f_locals[k] for k in names if k not in object_args})
+        # what LightningCLI records when it builds the module: on --ckpt_path it rebuilds the model
+        # section from the checkpoint's hyper-parameters and needs the class (resume fails without it)
+        self.hparams["_class_path"] = class_path(self)
         for name, obj in object_args.items():
             if obj is None:
                 self.hparams[name] = None

@@ -83,14 +83,18 @@ class PosteriorModule(DiffpostModule):
                                 num_steps=self.num_steps if num_steps is None else num_steps,
                                 seed=hp.seed if seed is None else seed, callback=callback)
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Samples ``(B, S, *x_shape)`` with the batch's ``index``, and the batch's cost as 0-d tensors
+        (NFE and VJP per chain; operator calls and seconds for the whole batch), so prediction writers
+        can concatenate and sum them."""
         _sync(self.device)
         t0 = time.perf_counter()
         out = self.sample_posterior(batch["y"], index=batch["index"], callback=getattr(self, "step_callback", None))
         _sync(self.device)
         samples = out.samples.float() if out.samples.dtype in (torch.float16, torch.bfloat16) else out.samples
-        return {"samples": samples, "mean_only": out.mean_only, "nfe": out.nfe, "vjp": out.vjp,
-                "operator_calls": out.operator_calls, "seconds": time.perf_counter() - t0}
+        cost = {"nfe": out.nfe, "vjp": out.vjp, "forward": out.operator_calls["forward"],
+                "adjoint": out.operator_calls["adjoint"], "seconds": time.perf_counter() - t0}
+        return {"index": batch["index"], "samples": samples, **{k: torch.tensor(v) for k, v in cost.items()}}
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.sample_posterior(batch["y"], index=batch["index"])
