@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -11,7 +10,7 @@ import torch
 
 from diffpost.config import Configurable, class_path, spec_of
 from diffpost.random import seed_for
-from lightning_modules.checkpoint import CHECKPOINT_FORMAT, check_checkpoint_matches, spec_digest, verify_archive
+from lightning_modules.checkpoint import CHECKPOINT_FORMAT, check_checkpoint_matches, spec_digest
 
 #: seed key of the global RNG during a training step (dropout and any other global-RNG draw)
 _GLOBAL_RNG_STREAM = 1_000_003
@@ -63,16 +62,13 @@ class DiffpostModule(pl.LightningModule):
         checkpoint["diffpost"] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning's own loading (resume, --ckpt_path): the archive's CRCs, then the same refusals as
-        # the CLI's preflight (for runs started from Python), then the facts load_module restores
+        # Lightning's own loading (resume, --ckpt_path; its torch.load checks the zip CRCs): the same
+        # refusals as train.py's preflight, for runs started from Python, then what load_module restores
         trainer = self._trainer
         if trainer is not None:
-            path = trainer.ckpt_path
-            if path is not None and os.path.isfile(path):
-                verify_archive(path)
             task = trainer.datamodule.task_record() if hasattr(trainer.datamodule, "task_record") else None
-            check_checkpoint_matches(checkpoint, path, module_class=class_path(self), model=self, data_task=task,
-                                     resuming=trainer.state.fn == "fit")
+            check_checkpoint_matches(checkpoint, trainer.ckpt_path, module_class=class_path(self), model=self,
+                                     data_task=task, resuming=trainer.state.fn == "fit")
         self.on_load_diffpost_checkpoint(checkpoint)
 
     def checkpoint_metadata(self) -> dict[str, Any]:

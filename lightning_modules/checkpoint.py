@@ -63,8 +63,8 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
 
 
 def verify_archive(path: str | os.PathLike) -> None:
-    """Check every member of the zip archive against its stored CRC-32 (torch.save writes them; torch.load
-    does not check them). Reads the whole file once."""
+    """Check every member of the zip archive against its stored CRC-32 (torch.save writes them; a
+    memory-mapped torch.load never checks them, a plain one only as it reads). Reads the file once."""
     p = Path(path)
     try:
         with zipfile.ZipFile(p) as archive:

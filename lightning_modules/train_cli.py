@@ -179,9 +179,10 @@ class _HeldLogs(logging.Handler):
     def __init__(self):
         super().__init__()
         self.records: list[logging.LogRecord] = []
-        self._saved = {name: logging.getLogger(name).handlers[:] for name in _LIGHTNING_LOGGERS}
+        self._saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate)
+                       for name in _LIGHTNING_LOGGERS}
         for name in _LIGHTNING_LOGGERS:
-            logging.getLogger(name).handlers = [self]
+            logging.getLogger(name).handlers, logging.getLogger(name).propagate = [self], False
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
@@ -189,8 +190,8 @@ class _HeldLogs(logging.Handler):
     def done(self, replay: bool) -> None:
         if self._saved is None:
             return
-        for name, handlers in self._saved.items():
-            logging.getLogger(name).handlers = handlers
+        for name, (handlers, propagate) in self._saved.items():
+            logging.getLogger(name).handlers, logging.getLogger(name).propagate = handlers, propagate
         self._saved = None
         for record in self.records if replay else ():
             logging.getLogger(record.name).handle(record)

@@ -207,3 +207,100 @@ def test_safe_load_rejects_non_dicts(tmp_path):
     torch.save({"state_dict": {}}, not_diffpost)
     with pytest.raises(CheckpointError, match="not a diffpost checkpoint"):
         load_module(not_diffpost)
+
+
+# ---------------------------------------------------------------- integrity: CRC and recorded fingerprints
+def _flip_middle(src: Path, dst: Path, n: int = 4096) -> None:
+    """``n`` bytes in the middle of ``src`` inverted (a damaged disk block or a bad copy)."""
+    data = bytearray(src.read_bytes())
+    mid = len(data) // 2 - n // 2
+    data[mid:mid + n] = bytes(b ^ 0xFF for b in data[mid:mid + n])
+    dst.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_are_refused_on_every_load(trained, tmp_path):
+    """4 KiB of flipped bytes in the middle of a real checkpoint: a memory-mapped torch.load reads it
+    without complaint (tensor bytes are not checked), so we check the zip CRCs on every load. Bug
+    caught: a corrupt checkpoint that loads and samples NaN (or is resumed into the next last.ckpt)."""
+    bad = tmp_path / "flipped.ckpt"
+    _flip_middle(trained[0], bad)
+    torch.load(bad, weights_only=True, mmap=True)  # the damage is invisible here: the test is not vacuous
+    for load in (lambda p: safe_load(p, mmap=True), safe_load, load_module):  # mmap: the CLI's and sample.py's check
+        with pytest.raises(CheckpointError, match=f"{bad}.*corrupt") as info:
+            load(bad)
+        assert "\n" not in str(info.value)
+    # Lightning's own loading reads the file without mmap: torch then checks the CRCs itself
+    with pytest.raises(RuntimeError, match="corrupted"):
+        torch.load(bad, weights_only=True)
+
+
+def test_recorded_fingerprints_are_recomputed(trained, tmp_path):
+    """A file whose contents disagree with the fingerprints it records (a bit-exact copy with a tampered
+    spec or buffer passes the CRC check) is refused, naming the part. Bug caught: fingerprints written
+    but never compared."""
+    ckpt = torch.load(trained[0], weights_only=True)
+    assert set(ckpt["diffpost"]) >= {"network_fingerprint", "data"}
+    ckpt["hyper_parameters"]["net"]["init_args"]["dropout"] = 0.5  # same weights, another network
+    bad = tmp_path / "tampered.ckpt"
+    torch.save(ckpt, bad)
+    with pytest.raises(CheckpointError, match=r"does not match the fingerprints it records: network \(recorded"):
+        load_module(bad)
+
+
+def test_ucos_operator_and_preconditioner_fingerprints_are_recomputed(tmp_path):
+    from diffpost.operators import CT
+    from lightning_modules.ucos import UCoSModule
+
+    op = CT((1, 8, 8), n_angles=4)
+    model = UCoSModule(UNet(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_levels=[]), operator=op,
+                       sigma_y=0.1)
+    dm = InverseProblemDataModule(Ellipses(size=8, length=16), op, sigma_y=0.1, batch_size=4, n_val=4, n_test=4)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, limit_val_batches=0,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(model, datamodule=dm)
+    good = tmp_path / "ucos.ckpt"
+    trainer.save_checkpoint(good)
+    assert isinstance(load_module(good), UCoSModule)
+    for part in ("preconditioner", "operator"):
+        ckpt = torch.load(good, weights_only=True)
+        if part == "preconditioner":  # a factor that no longer belongs to the recorded operator
+            key = next(k for k in ckpt["state_dict"] if k.startswith("aux.preconditioner.eigenvalues"))
+            ckpt["state_dict"][key] = ckpt["state_dict"][key] * 1.01
+        else:  # the spec that rebuilds the operator, edited
+            ckpt["hyper_parameters"]["operator"]["init_args"]["angle_range"] = 170.0
+        bad = tmp_path / f"bad_{part}.ckpt"
+        torch.save(ckpt, bad)
+        with pytest.raises(CheckpointError, match=rf"{bad}.*fingerprints it records: {part} \(recorded"):
+            load_module(bad)
+
+
+# ---------------------------------------------------------------- reuse for another task or model
+def test_check_checkpoint_matches_names_what_differs(trained):
+    """Module class, network spec and image shape always; the data's operator/σ_y only when resuming a
+    prior (a prior may be validated on another task), always for a task-bound model (UCoS)."""
+    from datamodules.inverse_problem import task_record
+    from diffpost.config import class_path
+    from diffpost.operators import Blur
+    from lightning_modules.checkpoint import check_checkpoint_matches
+
+    ckpt = torch.load(trained[0], weights_only=True)
+    cls = "lightning_modules.prior.ScorePriorModule"
+    same = ScorePriorModule(UNet(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_levels=[]), lr=1e-2,
+                            val_sigmas=[0.2], num_steps=3)
+    assert class_path(same) == cls
+    task = task_record(Denoising((1, 16, 16)), 0.1)
+    check_checkpoint_matches(ckpt, "p.ckpt", module_class=cls, model=same, data_task=task, resuming=True)
+    with pytest.raises(CheckpointError, match="p.ckpt holds a ScorePriorModule, but this run builds a UCoSModule"):
+        check_checkpoint_matches(ckpt, "p.ckpt", module_class="lightning_modules.ucos.UCoSModule")
+    wider = ScorePriorModule(UNet(base_channels=16, channel_mult=[1, 2], num_res_blocks=1, attn_levels=[]))
+    with pytest.raises(CheckpointError, match=r"network spec: net.init_args.base_channels = 8 in the checkpoint, 16 here"):
+        check_checkpoint_matches(ckpt, "p.ckpt", module_class=cls, model=wider)
+    with pytest.raises(CheckpointError, match=r"data x_shape: \[1, 16, 16\] in the checkpoint, \[1, 32, 32\] here"):
+        check_checkpoint_matches(ckpt, "p.ckpt", module_class=cls, data_task=task_record(Denoising((1, 32, 32)), 0.1))
+    blur = task_record(Blur((1, 16, 16), blur_sigma=1.0), 0.1)
+    check_checkpoint_matches(ckpt, "p.ckpt", module_class=cls, data_task=blur)  # validating a prior on blur: fine
+    with pytest.raises(CheckpointError, match="data operator: Denoising .* in the checkpoint, Blur .* here"):
+        check_checkpoint_matches(ckpt, "p.ckpt", module_class=cls, data_task=blur, resuming=True)
+    with pytest.raises(CheckpointError, match="data sigma_y: 0.1 in the checkpoint, 0.2 here"):
+        check_checkpoint_matches(ckpt, "p.ckpt", module_class=cls, data_task=task_record(Denoising((1, 16, 16)), 0.2),
+                                 resuming=True)

@@ -22,59 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from resume_worker import marker, wait_for
+from resume_worker import (assert_same_checkpoint, ckpt_dir, env, marker, prior_args, start_victim, train_here,
+                           ucos_args, wait_for)
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKER = Path(__file__).resolve().parent / "resume_worker.py"
-CALLBACKS = ("- class_path: lightning.pytorch.callbacks.EMAWeightAveraging\n  init_args: {decay: 0.9}\n"
-             "- class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-             "  init_args: {save_last: true, every_n_train_steps: 2, save_top_k: -1, filename: '{step:03d}'}\n")
-
-
-def ucos_args(tmp: Path, max_steps: int) -> list[str]:
-    """The UCoS quickstart shrunk: sparse-view CT on 8² images, 6 steps of 4 images per epoch,
-    validation every 3 steps (inside the epoch, as in the quickstart)."""
-    return ["--config", str(ROOT / "configs/experiments/quickstart_ucos.yaml"), f"--trainer.max_steps={max_steps}",
-            "--trainer.max_time=null", "--trainer.val_check_interval=3", "--trainer.log_every_n_steps=1",
-            "--model.init_args.net.init_args.base_channels=8", "--model.init_args.net.init_args.channel_mult=[1,2]",
-            "--data.init_args.images.init_args.size=8", "--data.init_args.operator.init_args.shape=[1,8,8]",
-            "--data.init_args.operator.init_args.n_angles=4", "--data.init_args.n_val=4", "--data.init_args.n_test=2",
-            "--data.init_args.n_train=24", "--data.init_args.batch_size=4", *_common(tmp)]
-
-
-def prior_args(tmp: Path, max_steps: int) -> list[str]:
-    """The prior quickstart shrunk: 8² images, a U-Net with dropout (global-RNG draws), 4 steps per epoch."""
-    return ["--config", str(ROOT / "configs/experiments/quickstart_prior.yaml"), f"--trainer.max_steps={max_steps}",
-            "--trainer.max_epochs=-1", "--model.init_args.net.init_args.base_channels=8",
-            "--model.init_args.net.init_args.channel_mult=[1,2]", "--model.init_args.net.init_args.attn_levels=[]",
-            "--model.init_args.net.init_args.dropout=0.2", "--model.init_args.warmup_steps=3",
-            "--model.init_args.val_sigmas=[0.5]", "--data.init_args.images.init_args.size=8",
-            "--data.init_args.operator.init_args.shape=[1,8,8]", "--data.init_args.n_val=2",
-            "--data.init_args.n_test=2", "--data.init_args.n_train=8", "--data.init_args.batch_size=2", *_common(tmp)]
-
-
-def _common(tmp: Path) -> list[str]:
-    callbacks = tmp.parent / "callbacks.yaml"
-    callbacks.write_text(CALLBACKS)
-    return ["--trainer.logger=" + str(ROOT / "configs/logger/csv.yaml"), f"--trainer.logger.init_args.save_dir={tmp}",
-            "--trainer.logger.init_args.name=run", f"--trainer.default_root_dir={tmp}", f"--trainer.callbacks={callbacks}",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.num_sanity_val_steps=0"]
-
-
-def ckpt_dir(tmp: Path, version: int) -> Path:
-    return tmp / "run" / f"version_{version}" / "checkpoints"
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": str(ROOT)}
-
-
-def start_victim(tmp: Path, args: list[str], pause_step: int, nproc: int = 1) -> subprocess.Popen:
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                    f"--nproc_per_node={nproc}"]
-    return subprocess.Popen([*launcher, str(WORKER), str(tmp), str(pause_step), "--", "fit", *args], cwd=tmp, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def kill_when_paused(proc: subprocess.Popen, tmp: Path, step: int, nproc: int = 1) -> Path:
@@ -90,39 +41,6 @@ def kill_when_paused(proc: subprocess.Popen, tmp: Path, step: int, nproc: int = 
     last = ckpt_dir(tmp, 0) / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == step
     return last
-
-
-def train_here(args: list[str]) -> None:
-    from lightning_modules.train_cli import main
-
-    assert main(["fit", *args]) == 0
-
-
-def tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint, by its path in the nested dicts/lists."""
-    if torch.is_tensor(obj):
-        return {prefix: obj}
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
-    return {k: v for key, value in items for k, v in tensors(value, f"{prefix}/{key}").items()}
-
-
-def assert_same_checkpoint(a_path: Path, b_path: Path, final_step: int) -> None:
-    a, b = (torch.load(p, weights_only=True) for p in (a_path, b_path))
-    assert a["global_step"] == b["global_step"] == final_step
-    # no partial epoch counted twice: epochs done, batches of this epoch, optimiser steps. (Lightning's
-    # ready/started epoch counters and validation totals differ after an epoch-end resume: its bookkeeping.)
-    la, lb = a["loops"]["fit_loop"], b["loops"]["fit_loop"]
-    assert a["epoch"] == b["epoch"]
-    for key in ("epoch_loop.batch_progress", "epoch_loop.state_dict", "epoch_loop.automatic_optimization.optim_progress"):
-        assert la[key] == lb[key], key
-    for part in ("total", "current"):
-        for count in ("processed", "completed"):
-            assert la["epoch_progress"][part][count] == lb["epoch_progress"][part][count]
-    ta, tb = tensors(a), tensors(b)
-    assert ta.keys() == tb.keys() and len(ta) > 20
-    differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
-    assert not differ, f"{len(differ)} of {len(ta)} tensors differ, e.g. {differ[:5]}"
-    assert a["InverseProblemDataModule"] == b["InverseProblemDataModule"]
 
 
 def check_kill_and_resume(tmp_path: Path, make_args, pause_step: int, final_step: int, nproc: int = 1) -> None:
