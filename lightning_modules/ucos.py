@@ -12,9 +12,11 @@ from diffpost.image_quality import psnr
 from diffpost.operators import LinearOperator
 from diffpost.schedules import EDMTrainingDensity, FourierCovariance, edm_loss_weight
 from diffpost.ucos import (
+    CirculantPreconditioner,
     DenseNoisePreconditioner,
     DensePreconditioner,
     FourierNoisePreconditioner,
+    LowRankDiagonalPreconditioner,
     RandomizedSVDPreconditioner,
     SpectralPreconditioner,
     UCoSDenoiser,
@@ -51,7 +53,7 @@ class UCoSModule(DiffpostModule):
         operator: LinearOperator,
         sigma_y: float,
         rho0: float = 4.0,
-        preconditioner: Literal["auto", "spectral", "dense", "randomized"] = "auto",
+        preconditioner: Literal["auto", "spectral", "dense", "randomized", "circulant", "lowrank_diagonal"] = "auto",
         precond_rank: int = 256,
         sigma_data: float = 0.5,
         p_mean: float = -1.2,
@@ -84,6 +86,8 @@ class UCoSModule(DiffpostModule):
             "spectral": lambda: SpectralPreconditioner(operator, sigma_y, rho0),
             "dense": lambda: DensePreconditioner(operator, sigma_y, rho0),
             "randomized": lambda: RandomizedSVDPreconditioner(operator, sigma_y, rho0, rank=precond_rank, seed=seed),
+            "circulant": lambda: CirculantPreconditioner(operator, sigma_y, rho0, seed=seed),
+            "lowrank_diagonal": lambda: LowRankDiagonalPreconditioner(operator, sigma_y, rho0, rank=precond_rank, seed=seed),
         }[preconditioner]()
         self.aux = UCoSDenoiser(net, precond, sigma_data=sigma_data)
         self.density = EDMTrainingDensity(p_mean=p_mean, p_std=p_std, log_uniform_fraction=log_uniform_fraction,
@@ -124,7 +128,9 @@ class UCoSModule(DiffpostModule):
     # ------------------------------------------------------------------ training
     def configure_model(self) -> None:
         if self.hparams.compile and not getattr(self, "_compiled", False):
-            self.aux.net = torch.compile(self.aux.net)
+            # in place: state_dict keys stay those of the plain network (no `_orig_mod.`), so compiled
+            # and plain runs share checkpoints
+            self.aux.net.compile()
             self._compiled = True
 
     def ucos_loss(self, x0: torch.Tensor, sigma: torch.Tensor, generator) -> torch.Tensor:

@@ -6,13 +6,17 @@ from diffpost.ucos.preconditioners import (
     Preconditioner,
     RandomizedSVDPreconditioner,
     SpectralPreconditioner,
+)
+from diffpost.ucos.lean_preconditioners import (
+    CirculantPreconditioner,
+    LowRankDiagonalPreconditioner,
     default_preconditioner,
 )
 
 __all__ = [
     "auxiliary_sample", "information_offset", "information_vector", "posterior_denoiser",
     "GaussianAuxiliaryDenoiser", "Preconditioner", "SpectralPreconditioner", "DensePreconditioner",
-    "RandomizedSVDPreconditioner", "default_preconditioner",
+    "RandomizedSVDPreconditioner", "CirculantPreconditioner", "LowRankDiagonalPreconditioner", "default_preconditioner",
 ]
 from diffpost.ucos.model import UCoSDenoiser  # noqa: E402
 

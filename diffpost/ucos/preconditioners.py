@@ -9,7 +9,6 @@ saved in the checkpoint and enter ``fingerprint()``. Training and sampling both 
 from __future__ import annotations
 
 import hashlib
-import math
 
 import torch
 from torch import nn
@@ -113,21 +112,14 @@ class RandomizedSVDPreconditioner(Preconditioner):
         self.register_buffer("eigenvalues", eig[order].clamp_min(0).cpu())
         self.register_buffer("basis_vectors", (Qm @ W[:, order]).cpu())
         c = float(self.eigenvalues[-1]) / (2 * self.sigma_y**2) if complement is None else float(complement)
-        self.complement = c
+        # a buffer: part of G_σ, so it is saved with the factors and enters the fingerprint
+        self.register_buffer("complement", torch.tensor(c, dtype=torch.float64))
 
     def apply(self, z, sigma):
         Vk = self.basis_vectors.to(z)
         flat = z.flatten(1)
         c = flat @ Vk
         s = _sigma_col(sigma, flat)
-        rest = (flat - c @ Vk.T) / (s**-2 + self.rho0 + self.complement)
+        rest = (flat - c @ Vk.T) / (s**-2 + self.rho0 + self.complement.to(flat))
         return ((c * self._diag(self.eigenvalues, sigma, c)) @ Vk.T + rest).reshape(z.shape)
 
-
-def default_preconditioner(operator: LinearOperator, sigma_y: float, rho0: float = 0.0) -> Preconditioner:
-    """Exact where cheap: closed-form SVD, else dense eigendecomposition up to 64², else randomized SVD."""
-    if isinstance(operator, SVDOperator):
-        return SpectralPreconditioner(operator, sigma_y, rho0)
-    if operator.x_dim <= 64 * 64:
-        return DensePreconditioner(operator, sigma_y, rho0)
-    return RandomizedSVDPreconditioner(operator, sigma_y, rho0, rank=min(operator.x_dim, max(256, int(math.sqrt(operator.x_dim) * 8))))
