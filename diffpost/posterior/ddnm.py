@@ -71,6 +71,7 @@ class DDNM(SpectralMethod):
     jumped back) and how often each window runs (1: off). Needs an operator with a closed-form SVD."""
 
     default_num_steps = 100
+    tuning = {"eta": (0.5, 0.7, 0.85, 1.0)}  # the noise share of the step; the paper's 0.85 is tuned for FFHQ/ImageNet
 
     def __init__(self, eta: float = 0.85, travel_length: int = 1, travel_repeat: int = 1):
         check_fraction("DDNM", eta=eta)

@@ -40,6 +40,7 @@ class DDRM(SpectralMethod):
     exceeds the measurement noise). Needs an operator with a closed-form SVD."""
 
     default_num_steps = 20
+    tuning = {"eta": (0.5, 0.7, 0.85, 1.0)}  # the noise share of the step; the paper's 0.85 is tuned for FFHQ/ImageNet
 
     def __init__(self, eta: float = 0.85, eta_b: float = 1.0):
         check_fraction("DDRM", eta=eta, eta_b=eta_b)
