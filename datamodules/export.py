@@ -6,6 +6,7 @@ than pickled. ``build_operator`` rebuilds it, importing nothing outside ``diffpo
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 import os
@@ -34,6 +35,9 @@ def export_measurements(datamodule: "InverseProblemDataModule", path: str, split
     from datamodules.inverse_problem import operator_spec
 
     ds = datamodule.dataset(split)
+    if not ds.measure:  # the train split synthesises no y for training steps; an export wants it
+        ds = copy.copy(ds)
+        ds.measure = True
     size = len(ds)
     if n is None:
         n = size

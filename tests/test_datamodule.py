@@ -249,7 +249,7 @@ def test_epoch_reaches_the_dataset_through_a_rank_share():
 
 
 # ------------------------------------------------------ training items: no unused synthesis; resume
-def test_training_items_skip_measurement_synthesis_and_val_test_stay_bit_identical():
+def test_training_items_skip_measurement_synthesis_and_val_test_stay_bit_identical(tmp_path):
     """Training steps draw their own noise, so the train split synthesises no y (no operator call);
     val/test y are unchanged: the seeded formula y = A x + σ_y n, n ~ N(0, I) from
     seed_for(seed, split_id, index), in float64 then rounded, for either setting. Bugs caught: training
@@ -276,6 +276,10 @@ def test_training_items_skip_measurement_synthesis_and_val_test_stay_bit_identic
         digests.append(h.hexdigest()[:16])
     # and what the code before this change (commit 2770809) produced for this data and seed
     assert digests == ["61a7759df6cc5c88"] * 2
+    # an export of the train split still has its measurements (those of epoch 0)
+    path = tmp_path / "train.pt"
+    _dm(operator=DenseOperator(matrix, X_SHAPE), n_train=12, seed=3).export_measurements(str(path), split="train", n=2)
+    assert torch.equal(load_measurements(str(path))["y"], torch.stack([dm.dataset("train")[k]["y"] for k in range(2)]))
 
 
 def test_epoch_sampler_order_is_a_function_of_seed_and_epoch_sharded_over_ranks():
