@@ -58,10 +58,16 @@ class DiffpostWandbLogger(WandbLogger):
             offline = True
         else:
             offline = mode == "offline" or (mode == "auto" and not wandb_logged_in())
-        os.makedirs(save_dir, exist_ok=True)
         if id is None and id_from_slurm:
             id = slurm_run_id()
         if id:
             extra.update(id=id, resume="allow")
         super().__init__(project=project, name=name, save_dir=save_dir, offline=offline, log_model=log_model,
                          group=group, tags=tags, **extra)
+
+    @property
+    def experiment(self):
+        # the folder is made when the run starts, not when the logger is built: a run refused before
+        # it starts (bad input) leaves nothing behind
+        os.makedirs(self.save_dir, exist_ok=True)
+        return super().experiment

@@ -143,7 +143,8 @@ class EpochSampler(DistributedSampler):
 
     def order(self, epoch: int) -> list[int]:
         """This rank's items of ``epoch``, from the beginning."""
-        perm = torch.randperm(len(self.dataset), generator=make_generator(seed_for(self.seed, _SHUFFLE_KEY, epoch))).tolist()
+        g = make_generator(seed_for(self.seed, _SHUFFLE_KEY, epoch))
+        perm = torch.randperm(len(self.dataset), generator=g).tolist()
         perm += (perm * math.ceil(self.total_size / max(1, len(perm))))[: self.total_size - len(perm)]
         return perm[self.rank : self.total_size : self.num_replicas]
 

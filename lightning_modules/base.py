@@ -98,7 +98,8 @@ class DiffpostModule(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Lightning does not save the global RNG; reseeding it per step makes its draws a function of
         # the position, like step_generator's
-        torch.manual_seed(seed_for(self.hparams.get("seed", 0), _GLOBAL_RNG_STREAM, self.global_rank, self.current_epoch, batch_idx))
+        key = (self.hparams.get("seed", 0), _GLOBAL_RNG_STREAM, self.global_rank, self.current_epoch, batch_idx)
+        torch.manual_seed(seed_for(*key))
 
     # ------------------------------------------------------------------ optimisation
     def build_optimizer(self, lr: float, weight_decay: float, warmup_steps: int, lr_schedule: Literal["constant", "cosine"]):

@@ -30,11 +30,11 @@ from jsonargparse import Namespace
 from datamodules.inverse_problem import task_record
 from diffpost.config import build, class_path, resolve_class
 from lightning_modules.checkpoint import check_checkpoint_matches, safe_load
-from lightning_modules.cli import DiffpostCLI
-from lightning_modules.script_support import Interrupted, debug_requested, install_signal_handlers, run_main
+from lightning_modules.cli import _SPECIAL_CKPT, DiffpostCLI
+from lightning_modules.script_support import (INPUT_ERRORS, Interrupted, debug_requested, install_signal_handlers,
+                                              run_main)
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-_SPECIAL_CKPT = ("last", "best", "hpc")
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 
 
@@ -123,6 +123,9 @@ def _root_cause(e: BaseException) -> BaseException:
     return e
 
 
+_NOISE_LINES = ("Given value", "Subtypes:", "Errors:", "Does not validate", "Expected a <class 'NoneType'>")
+
+
 def argument_message(text: str) -> str:
     """jsonargparse's nested report ('Parser key "model": Does not validate against any of the Union
     subtypes ... Errors: - Problem with given class_path ...: Parser key "net": ...') as one line:
@@ -131,7 +134,7 @@ def argument_message(text: str) -> str:
     path, message = [], ""
     for raw in text.splitlines():
         line = raw.strip().removeprefix("- ").strip()
-        if not line or line.startswith(("Given value", "Subtypes:", "Errors:", "Does not validate", "Expected a <class 'NoneType'>")):
+        if not line or line.startswith(_NOISE_LINES):
             continue
         if line.startswith('Parser key "') and line.endswith('":'):
             path.append(line[len('Parser key "'):-2])
@@ -218,7 +221,7 @@ class TrainCLI(DiffpostCLI):
         self._checkpoint = None
         sub = self.config.get("subcommand")
         ckpt = self.config[sub].get("ckpt_path") if sub else None
-        if ckpt and str(ckpt) not in _SPECIAL_CKPT:
+        if ckpt and str(ckpt) not in _SPECIAL_CKPT and not str(ckpt).startswith("registry"):  # Lightning resolves these
             # before LightningCLI replaces the model section with the checkpoint's hyper-parameters:
             # the model class and task the config asks for are compared with the file's
             self._checkpoint = safe_load(ckpt, mmap=True)
@@ -231,7 +234,7 @@ class TrainCLI(DiffpostCLI):
             super().instantiate_classes()
         except Exception as e:  # noqa: BLE001 - reported as its root cause, one line
             cause = _root_cause(e)
-            raise (cause if isinstance(cause, (ValueError, TypeError, OSError, KeyError)) else ValueError(str(cause))) from None
+            raise (cause if isinstance(cause, INPUT_ERRORS) else ValueError(str(cause))) from None
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer = super().instantiate_trainer(**kwargs)

@@ -86,6 +86,13 @@ def test_bad_configuration_values(override, message, capsys, workdir):
     refused(tiny_ucos(workdir, override), capsys, workdir, message)
 
 
+def test_default_config_with_wandb_logger_writes_nothing(capsys, workdir):
+    """The prior quickstart as shipped (CSV + W&B loggers, relative runs/ folder): bug caught, the W&B
+    logger making its folder when built, before the run is known to start."""
+    refused(["fit", "--config", str(EXPERIMENTS / "quickstart_prior.yaml"), "--data.init_args.sigma_y=-1"], capsys,
+            workdir, "sigma_y must be a finite non-negative number")
+
+
 def test_missing_config_file(capsys, workdir):
     refused(["fit", "--config", str(workdir / "nope.yaml")], capsys, workdir, "nope.yaml")
 
