@@ -200,9 +200,15 @@ class _HeldLogs(logging.Handler):
             logging.getLogger(record.name).handle(record)
 
 
+class TrainingFailed(RuntimeError):
+    """A failure after the run started (a bug, a NaN, a device error): reported with its traceback."""
+
+
 class TrainCLI(DiffpostCLI):
     """``DiffpostCLI`` with one-line argument errors, a preflight before any subcommand runs and
     ``GracefulStop`` on the trainer."""
+
+    last_started = False  # whether the latest TrainCLI got past its preflight (main reads it)
 
     def __init__(self, *args, **kwargs):
         no_exit = {"exit_on_error": False}  # argument errors raise (one line) instead of printing usage
@@ -255,6 +261,7 @@ class TrainCLI(DiffpostCLI):
         if callable(check):
             check()
         self._held.done(replay=True)
+        TrainCLI.last_started = True  # from here on a failure is not bad input
 
 
 def _before(subcommand: str):
@@ -279,12 +286,17 @@ def main(args: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
 
     def body() -> None:
+        TrainCLI.last_started = False
         try:
             with warnings.catch_warnings():  # we pass sys.argv (less --debug) as args on purpose
                 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
                 TrainCLI(args=argv)
         except SIGTERMException:  # Lightning's own stop (a SystemExit with status 0): report it as a signal
             raise Interrupted(signal.SIGTERM) from None
+        except INPUT_ERRORS as e:
+            if TrainCLI.last_started:  # not bad input: keep the traceback (exit status 1)
+                raise TrainingFailed(f"training failed: {type(e).__name__}: {e}") from e
+            raise
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     install_signal_handlers()  # until training starts (GracefulStop takes over), a signal stops at once

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from resume_worker import ROOT, assert_same_checkpoint, ckpt_dir, marker, start_victim, train_here, ucos_args, wait_for
+from resume_worker import (ROOT, assert_same_checkpoint, ckpt_dir, marker, prior_args, start_victim, train_here, ucos_args,
+                           wait_for)
 
 EXPERIMENTS = ROOT / "configs" / "experiments"
 
@@ -208,3 +209,38 @@ def test_sigint_checkpoint_resumes_bit_identical(tmp_path):
     train_here(ucos_args(straight, 10))
     train_here([*ucos_args(run, 10), f"--ckpt_path={ckpt_dir(run, 0) / 'last.ckpt'}"])
     assert_same_checkpoint(ckpt_dir(straight, 0) / "last.ckpt", ckpt_dir(run, 1) / "last.ckpt", 10)
+
+
+@pytest.mark.slow
+def test_sigterm_under_ddp_stops_every_rank_at_one_step(tmp_path):
+    """2 gloo processes under torchrun, SIGTERM to each (as srun/torchrun deliver it): both ranks finish
+    the same step (the stop decision is reduced across ranks, so none waits forever in a collective),
+    rank 0 writes last.ckpt at that step, and the job fails (non-zero) instead of reporting success."""
+    run = tmp_path / "run"
+    run.mkdir()
+    args = [*ucos_args(run, 10), "--data.init_args.n_train=12", "--data.init_args.batch_size=2",
+            "--trainer.val_check_interval=2", "--trainer.strategy=ddp", "--trainer.devices=2"]
+    proc = start_victim(run, args, pause_step=2, nproc=2)
+    markers = [marker(run, r) for r in range(2)]
+    wait_for(markers, proc)
+    for m in markers:
+        os.kill(int(m.read_text()), signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, err[-3000:]
+    assert "interrupted by SIGTERM after step 3" in err, err[-3000:]
+    assert torch.load(ckpt_dir(run, 0) / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_a_failure_after_the_start_keeps_its_traceback(workdir, monkeypatch):
+    """A TypeError raised by training code (a bug, not bad input) must not be dressed up as a one-line
+    input error with exit status 2: main raises TrainingFailed with the original as its cause."""
+    from lightning_modules.prior import ScorePriorModule
+    from lightning_modules.train_cli import TrainingFailed, main
+
+    def broken(self, batch, batch_idx):
+        raise TypeError("a bug in training_step")
+
+    monkeypatch.setattr(ScorePriorModule, "training_step", broken)
+    with pytest.raises(TrainingFailed, match="training failed: TypeError: a bug in training_step") as info:
+        main(["fit", *prior_args(workdir / "runs", 2)])
+    assert isinstance(info.value.__cause__, TypeError)
