@@ -130,6 +130,10 @@ def test_factors_are_buffers_loaded_without_operator_calls(kind):
     assert torch.equal(fresh.apply(z, torch.tensor([0.1, 2.0])), built.apply(z, torch.tensor([0.1, 2.0])))
     assert fresh.fingerprint() == built.fingerprint()
     assert dict(op.counts) == {}  # loaded: no gram call at all
+    moved = make().to(torch.float64)  # nn.Module.to still works (a subclass once shadowed Module._apply)
+    moved.load_state_dict(state)
+    assert torch.allclose(moved.apply(z.double(), torch.tensor([0.1, 2.0])), built.apply(z, torch.tensor([0.1, 2.0])).double(),
+                          rtol=1e-4, atol=1e-6)
     name = next(iter(state))
     state[name] = state[name] * 1.01
     fresh.load_state_dict(state)
@@ -256,3 +260,19 @@ def test_compiled_ucos_checkpoint_keeps_its_keys_and_loads(tmp_path, monkeypatch
 def test_compiled_ucos_checkpoint_with_inductor(tmp_path):
     """The same with the default inductor backend (what ``compile: true`` runs on a GPU)."""
     _check_compiled_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["dense", "circulant", "lowrank_diagonal"])
+def test_bf16_autocast_does_not_change_the_map(kind):
+    """bf16-mixed training must use the map sampling uses: under autocast the preconditioner still runs
+    in float32. Catches the guard removed (bf16 matmuls/FFTs change G_σ z by ~1e-3 relative)."""
+    op = CT((1, 12, 12), n_angles=8)
+    pre = {"dense": lambda: DensePreconditioner(op, 0.05, 0.5),
+           "circulant": lambda: CirculantPreconditioner(op, 0.05, 0.5, probes=4),
+           "lowrank_diagonal": lambda: LowRankDiagonalPreconditioner(op, 0.05, 0.5, rank=16)}[kind]()
+    z = torch.randn(2, *op.x_shape, generator=make_generator(4))
+    sigma = torch.tensor([0.3, 5.0])
+    plain = pre.apply(z, sigma)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = pre.apply(z, sigma)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)

@@ -54,9 +54,6 @@ class LazyPreconditioner(Preconditioner):
     def _fit(self, device: torch.device) -> None:
         raise NotImplementedError
 
-    def _apply(self, z: torch.Tensor, sigma) -> torch.Tensor:
-        raise NotImplementedError
-
     def build(self) -> "LazyPreconditioner":
         if not self._built:
             device = next(self.buffers()).device
@@ -67,8 +64,7 @@ class LazyPreconditioner(Preconditioner):
 
     def apply(self, z, sigma):
         self.build()
-        work = z if z.dtype in (torch.float32, torch.float64) else z.float()  # FFT/matmul in ≥ float32
-        return self._apply(work, sigma).to(z.dtype)
+        return super().apply(z, sigma)
 
     def fingerprint(self) -> str:
         self.build()
@@ -114,7 +110,7 @@ class CirculantPreconditioner(LazyPreconditioner):
         hv, hs = dht2(v), dht2(op.gram(v))
         self.multiplier.copy_(((hv * hs).sum(0) / (hv * hv).sum(0)).clamp_min(0))
 
-    def _apply(self, z, sigma):
+    def _map(self, z, sigma):
         a = self._a(sigma, z).reshape(-1, *([1] * (z.dim() - 1)))
         return dht2(dht2(z) / (a + self.multiplier.to(z) / self.sigma_y**2))
 
@@ -193,7 +189,7 @@ class LowRankDiagonalPreconditioner(LazyPreconditioner):
             n += W.shape[1]
         return torch.cat(basis, 1), torch.cat(images, 1)
 
-    def _apply(self, z, sigma):
+    def _map(self, z, sigma):
         V = self.basis.to(z)
         flat = z.flatten(1)
         a = self._a(sigma, flat)

@@ -5,6 +5,8 @@ and this one turns the information vector into a Tikhonov-like estimate on the d
 what makes a small network learn (measured in METHODS §3.1). ``S`` is factored OFFLINE from the operator;
 applying ``G_σ`` costs FFTs or a ``d×k`` product and never calls ``A``. The factors are buffers: they are
 saved in the checkpoint and enter ``fingerprint()``. Training and sampling both call ``apply``.
+Memory-lean fits for large operators (circulant, low-rank plus diagonal) and the ``auto`` choice:
+``diffpost/ucos/lean_preconditioners.py``.
 """
 from __future__ import annotations
 
@@ -36,6 +38,13 @@ class Preconditioner(nn.Module):
         return 1.0 / (_sigma_col(sigma, like) ** -2 + eig.to(like) / self.sigma_y**2 + self.rho0)
 
     def apply(self, z: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """``G_σ z`` in at least float32 with autocast off: under bf16-mixed training the map must be the
+        one sampling uses (bf16 matmuls would round it by ~0.4 %), and it is cheap next to the network."""
+        work = z if z.dtype in (torch.float32, torch.float64) else z.float()
+        with torch.autocast(z.device.type, enabled=False):
+            return self._map(work, sigma).to(z.dtype)
+
+    def _map(self, z: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         raise NotImplementedError
 
     def fingerprint(self) -> str:
@@ -58,7 +67,7 @@ class SpectralPreconditioner(Preconditioner):
         self.basis = operator
         self.register_buffer("eigenvalues", operator.singular_values.detach().double() ** 2)
 
-    def apply(self, z, sigma):
+    def _map(self, z, sigma):
         c = self.basis.Vt(z)
         return self.basis.V(c * self._diag(self.eigenvalues, sigma, c))
 
@@ -75,7 +84,7 @@ class DensePreconditioner(Preconditioner):
         self.register_buffer("eigenvalues", eig.clamp_min(0))
         self.register_buffer("eigenvectors", Q)
 
-    def apply(self, z, sigma):
+    def _map(self, z, sigma):
         Q = self.eigenvectors.to(z)
         c = z.flatten(1) @ Q
         return ((c * self._diag(self.eigenvalues, sigma, c)) @ Q.T).reshape(z.shape)
@@ -115,7 +124,7 @@ class RandomizedSVDPreconditioner(Preconditioner):
         # a buffer: part of G_σ, so it is saved with the factors and enters the fingerprint
         self.register_buffer("complement", torch.tensor(c, dtype=torch.float64))
 
-    def apply(self, z, sigma):
+    def _map(self, z, sigma):
         Vk = self.basis_vectors.to(z)
         flat = z.flatten(1)
         c = flat @ Vk
