@@ -43,9 +43,11 @@ Chain (VE, σ-space): levels ``σ_K > … > σ_0 = σ_min``, ``x_{k+1} = x_k + �
    VP). Its own grid (``grid="vp"``, the default for VP) is uniform in t of the linear-β schedule
    (``VPSchedule()``) between the model's σ_max and σ_min.
 
-``num_steps`` = outer reverse steps (``num_steps + 1`` levels from σ_max to σ_min). Cost per chain:
-NFE = ``num_steps·inner_steps·p`` (p = 2 probes for ``antithetic``, else 1); VJPs = the same ×1 when
-ζ > 0, plus ``num_steps·inner_steps`` for ``learned`` (the Hutchinson product, at the first probe).
+``num_steps`` = outer reverse steps (``num_steps + 1`` levels from σ_max to σ_min). Cost per chain, all
+through ``run.denoise``/``run.denoise_vjp``: NFE = ``num_steps·inner_steps·p`` (p = 2 probes for
+``antithetic``, else 1); VJPs = one per probe when ζ > 0 (the likelihood gradient) plus, for
+``learned``, one per inner step (the Hutchinson product ``(∂D/∂x)ᵀv``, counted as a VJP: the Hessian of
+log p_σ needs no second derivative); one A and one Aᵀ per probe when ζ > 0.
 Paper settings: VE 30 outer × 20 inner, VP 400 × 1 (the defaults of ``inner_steps`` and
 ``default_num_steps`` follow ``chain``).
 """
@@ -81,7 +83,7 @@ class RMP(PosteriorMethod):
     noise_cov_reason = ("the natural-gradient step and the isotropic (Hutchinson) precision are derived for white "
                         "diffusion noise; with a trace-class C the precision of q is not isotropic")
     default_num_steps = PAPER["ve"][0]
-    tuning = {"zeta": (0.1, 0.3, 1.0, 3.0)}
+    tuning = {"zeta": (0.1, 0.3, 1.0, 3.0, 10.0)}
 
     def __init__(self, chain: Literal["ve", "vp"] = "ve", precision: Literal["fixed", "learned"] = "fixed",
                  inner_steps: int | None = None, s1: float = 1.0, zeta: float = 1.0,
@@ -189,4 +191,4 @@ class RMP(PosteriorMethod):
         if big > EXPLODED:
             raise SamplerDivergedError(
                 f"{self.name} diverged: the mean exploded (max |μ| = {big:.3g} > {EXPLODED:g}) after step {i} "
-                f"(σ = {sigma_next:.4g}); lower s1 or zeta, use weight='dps' or precision='learned'")
+                f"(σ = {sigma_next:.4g}); lower zeta or s1, or use weight='dps' (the likelihood's curvature is not in Λ)")
