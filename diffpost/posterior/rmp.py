@@ -13,9 +13,9 @@ Chain (VE, σ-space): levels ``σ_K > … > σ_0 = σ_min``, ``x_{k+1} = x_k + �
 2. ``m_k(μ_{k+1})`` is the mean of ``π_k(x) ∝ N(μ_{k+1}; x, δ_k) p_k(x) p(y | x_k = x)``. Gaussian VI,
    ``q = N(μ, Λ⁻¹)`` minimising ``KL(q‖π_k)``: ``∇_μ KL = −E_q[∇ log π_k]`` and ``∇_{Λ⁻¹} KL =
    ½(E_q[−∇² log π_k] − Λ)``, so the natural-gradient step (size ``s1`` ∈ (0, 1]) is
-   ``Λ ← (1 − s1)Λ + s1 E_q[−∇² log π_k]``, then ``μ ← μ + s1 Λ⁻¹ E_q[∇ log π_k]`` (ascent on log π: the
-   sign the paper's eq. 17 flips; no other term). Its fixed point is ``E_q[∇ log π_k] = 0`` (for
-   Gaussian π, its mean).
+   ``Λ ← (1 − s1)Λ + s1 E_q[−∇² log π_k]``, then ``μ ← μ + s1 Λ⁻¹ E_q[∇ log π_k]`` (ascent on log π, the
+   sign its reviewers found flipped in the paper's eq. 17; no other term), ``inner_steps`` times from
+   ``μ = μ_{k+1}``. Its fixed point is ``E_q[∇ log π_k] = 0`` (for Gaussian π, its mean).
 3. ``E_q[∇ log π_k] = Λ_t(μ_{k+1} − μ) + E_q[s(x, σ_k)] + E_q[∇ log p(y | x)]``, ``Λ_t = 1/δ_k``. The
    transition part is taken in closed form: a sampled ``(μ_{k+1} − x̃)/δ_k`` would add ``s1·√δ_k`` of fresh
    noise per step, i.e. turn the mean into a sample. ``E_q[s]`` is estimated at probes ``x̃ = μ ± Λ^(−½)ε``
@@ -38,7 +38,7 @@ Chain (VE, σ-space): levels ``σ_K > … > σ_0 = σ_min``, ``x_{k+1} = x_k + �
 6. VP chain (the σ-space model through METHODS §0's adapter): state ``z = α x̄``, ``α = 1/√(1 + σ²)``,
    ``z_{k+1} = √a z_k + √β n`` with ``a = α_{k+1}²/α_k²``, ``β = 1 − a``: ``Λ_t = a/β``, transition
    gradient ``Λ_t(μ_{k+1}/√a − μ)``, score ``s(z/α, σ)/α``, Hessians divided by α², ``Λ = a/β + 1/s_k²``
-   (fixed), output ``μ_0/α_0``. Since ``β/α_{k+1}² = δ_k``, on one grid it is the VE chain in other
+   (fixed), each level started at the transition's mode ``μ_{k+1}/√a``, output ``μ_0/α_0``. Since ``β/α_{k+1}² = δ_k``, on one grid it is the VE chain in other
    coordinates (natural gradients are covariant), except that the ``dps`` step is taken in z (as DPS in
    VP). Its own grid (``grid="vp"``, the default for VP) is uniform in t of the linear-β schedule
    (``VPSchedule()``) between the model's σ_max and σ_min.
