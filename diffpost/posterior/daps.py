@@ -25,7 +25,8 @@ call: 30 ``A`` and 30 ``Aᵀ`` on one image, counted).
 Function-space noise ``x_σ = x0 + σ C^½ n``: ``Cov(x0 | x_σ)`` is then ``≈ r² C``, so the Gaussian factor is
 ``N(x0; x̂0, r² C)``; the exact draw uses ``x̂0 + r C^½ ε2`` and the ``C⁻¹`` proximal metric (``data_prox``),
 the Langevin steps are preconditioned by ``C`` (drift ``−(x0 − x̂0)/r² + C Aᵀ(y − A x0)/σ_y²``, noise
-``N(0, C)``, same target) and the re-noising draws ``N(0, C)``.
+``N(0, C)``, same target; C sets the mixing speed, ``‖AC^½‖²`` the step) and the re-noising draws
+``N(0, C)``.
 """
 from __future__ import annotations
 
