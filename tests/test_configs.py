@@ -130,13 +130,35 @@ def model_class(experiment: Path) -> str:
     return model["class_path"]
 
 
+def large_ucos(experiment: Path) -> bool:
+    """A UCoS experiment above 64²: building its preconditioner and validation sampling take minutes on
+    a CPU, so the fast suite runs it at 32² (same classes and wiring) and a slow test at full size."""
+    data = yaml.safe_load(experiment.read_text())["data"]
+    if isinstance(data, str):
+        data = yaml.safe_load((experiment.parent / data).read_text())
+    return model_class(experiment).endswith("UCoSModule") and data["init_args"]["images"]["init_args"]["size"] > 64
+
+
+#: the fast-suite size of a large UCoS experiment (images and operator together)
+SHRINK = ["--data.init_args.images.init_args.size=32", "--data.init_args.operator.init_args.shape=[1,32,32]"]
+
+
 @pytest.mark.parametrize("path", experiment_files(), ids=_id)
 def test_experiment_runs_alone(path, fake_data):
     prior = model_class(path).endswith("ScorePriorModule")
-    cli = run_cli(["fit", "--config", str(path), *CPU, *NO_COMPILE, *(ONE_SIGMA if prior else []), *SMALL])
+    shrink = SHRINK if large_ucos(path) else []
+    cli = run_cli(["fit", "--config", str(path), *CPU, *NO_COMPILE, *(ONE_SIGMA if prior else []), *SMALL, *shrink])
     assert cli.trainer.global_step == 1
     if prior:
         assert "val/denoise_psnr_sigma0.2" in cli.trainer.callback_metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in experiment_files() if large_ucos(p)], ids=_id)
+def test_large_ucos_experiment_runs_at_full_size(path, fake_data):
+    cli = run_cli(["fit", "--config", str(path), *CPU, *NO_COMPILE, *SMALL])
+    assert cli.trainer.global_step == 1
+    assert cli.model.aux.preconditioner._built  # built at the first step, at the config's size
 
 
 @pytest.mark.parametrize("path", concern_files(), ids=_id)
