@@ -18,7 +18,8 @@ Function-space noise ``x_σ = x0 + σ C^½ n``: ``s = (D − x)/σ² = C ∇log 
 natural version is Langevin preconditioned by ``C``, ``x += α_l (s + C Aᵀ(y − Ax)/(σ_y² + σ_l²)) +
 √(2α_l) C^½ ε``, which has the same target at every level (a fixed positive-definite preconditioner
 leaves a Langevin diffusion's stationary law unchanged). C then sets the mixing speed: it helps where
-the prior is C-like and hurts where it is not (measured on the d = 16 oracle, tests/test_posterior_ald.py).
+the prior is C-like and hurts where it is not (measured on the d = 16 oracle, tests/test_posterior_ald.py),
+and the stability bound reads ``α (1 + ‖A C^½‖²)/σ_L² < 2``.
 
 Paper: NCSNv2's 2311 geometric levels (from level 1155 on), T = 3; our grid is the model's, and the
 default is ``L = 333``, ``T = 3`` (≈ 1000 NFE).
