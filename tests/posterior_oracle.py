@@ -1,17 +1,18 @@
-"""Shared oracle set-up for the posterior-method tests (tests/test_posterior_{diffpir,daps,ald}.py):
+"""Shared oracle set-up for the posterior-method tests (tests/test_posterior_<method>.py):
 the Gaussian prior ``N(0, Σ)`` on 4×4 images (d = 16; squared-exponential Σ as in the contract test),
 ``y = A x0 + η`` with σ_y = 0.1, its closed-form posterior (METHODS §1), a two-mode mixture, and the
 method call with the exact prior denoiser in float64.
 
-CT enters as its dense matrix (``DenseOperator``): the same ``A`` through the conjugate-gradient path,
-without the cost of ``grid_sample`` on thousands of chains (the contract test runs the real CT).
+``operator(name)``: CT enters as its dense matrix (``DenseOperator``): the same ``A`` through the
+conjugate-gradient path, without the cost of ``grid_sample`` on thousands of chains. ``OPERATORS`` holds
+the real operators (matrix-free CT) for ``check_bands``, the band checks of ΠGDM, DDRM and DDNM.
 """
 from __future__ import annotations
 
 import torch
 
 from diffpost.operators import CT, Blur, DenseOperator, Inpainting, LinearOperator
-from diffpost.oracle import least_visible_direction, sample_errors, squared_exponential_cov
+from diffpost.oracle import exact_moments, least_visible_direction, sample_errors, squared_exponential_cov
 from diffpost.posterior.base import PosteriorMethod, PosteriorOutput, PriorModel
 from diffpost.priors import GaussianPrior, GMMPrior
 from diffpost.random import make_generator
@@ -69,3 +70,53 @@ def mode_masses(method: PosteriorMethod, op: LinearOperator, num_steps: int, n: 
     post = gmm.posterior(op, y, SIGMA_Y)
     out = draw(method, op, y, num_steps, n, prior=gmm, **kw)
     return post.mode_probabilities(out.samples[0]).mean(0), post.weights
+
+
+# ---------------------------------------------------------------- the spectral methods' band checks (ΠGDM, DDRM, DDNM)
+GAUSS = PRIOR
+#: the real operators (CT matrix-free: conjugate gradients run through grid_sample)
+OPERATORS = {
+    "blur": lambda: Blur(shape=SHAPE, kernel="gaussian", kernel_size=3, blur_sigma=0.8),
+    "inpaint": lambda: Inpainting(shape=SHAPE, keep_ratio=0.5, seed=3),
+    "ct": lambda: CT(shape=SHAPE, n_angles=5),
+}
+
+
+def gmm_for(op) -> GMMPrior:
+    """Two modes (weights 0.3/0.7) that differ along the direction ``op`` sees least."""
+    v = least_visible_direction([op])
+    cov = squared_exponential_cov(SHAPE, 0.04, 1.0, nugget=0.01)
+    return GMMPrior(torch.tensor([0.3, 0.7], dtype=F64), torch.stack([v, -v]), torch.stack([cov, cov]), SHAPE)
+
+
+def prior_model(prior, **kw) -> PriorModel:
+    noise_cov = kw.get("noise_cov")
+    return PriorModel(denoiser=lambda x, s: prior.denoise(x, s, noise_cov=noise_cov), x_shape=SHAPE, dtype=F64,
+                      sigma_max=kw.get("sigma_max", 40.0), noise_cov=noise_cov)
+
+
+def oracle_run(method, prior, op, num_steps: int, n_samples: int, seed: int = 1) -> tuple[dict, PosteriorOutput]:
+    """One measurement, ``n_samples`` samples, and ``mean_err``/``cov_err`` (and mode mass for a mixture)."""
+    _, y = measure(op, prior, seed=seed)
+    post = prior.posterior(op, y[0], SIGMA_Y)
+    mu, cov = exact_moments(post)
+    out = method(prior_model(prior), op, y, SIGMA_Y, num_steps=num_steps, n_samples=n_samples,
+                 generator=make_generator(seed + 100))
+    s = out.samples[0].reshape(n_samples, -1)
+    res = {"mean_err": float((s.mean(0) - mu).norm() / cov.trace().sqrt()),
+           "cov_err": float(torch.linalg.norm(torch.cov(s.T) - cov) / torch.linalg.norm(cov))}
+    if isinstance(prior, GMMPrior):
+        res["mass"] = float(post.mode_probabilities(out.samples[0], 0.0).mean(0)[0])
+        res["exact_mass"] = float(post.weights[0])
+    return res, out
+
+
+def check_bands(method, case: tuple[str, str], bands: dict, num_steps: int, n_samples: int = 1000) -> PosteriorOutput:
+    """``oracle_run`` on ``case = (prior, operator)`` (``"gauss"``/``"gmm"``, a key of ``OPERATORS``) and
+    an assertion that every measured error lies in its ``(lo, hi)`` band."""
+    pname, opname = case
+    op = OPERATORS[opname]()
+    res, out = oracle_run(method, GAUSS if pname == "gauss" else gmm_for(op), op, num_steps, n_samples)
+    for key, (lo, hi) in bands.items():
+        assert lo <= res[key] <= hi, f"{key} = {res[key]:.4f} outside [{lo}, {hi}] ({res})"
+    return out

@@ -89,7 +89,7 @@ def test_noiseless_range_null_decomposition_is_exact(name):
     with and without time-travel. Catches a last step that adds noise or skips the correction."""
     op = {"inpaint": OPERATORS["inpaint"], "superres": lambda: SuperResolution(shape=SHAPE, factor=2),
           "mri": lambda: MRI(shape=SHAPE, acceleration=2, center_fraction=0.25, seed=0)}[name]()
-    _, y = measure(GAUSS, op, seed=2, sigma_y=0.0)
+    _, y = measure(op, GAUSS, seed=2, sigma_y=0.0)
     for method in (DDNM(), DDNM(travel_length=2, travel_repeat=2)):
         out = method(prior_model(GAUSS), op, y, 0.0, num_steps=8, n_samples=4, generator=make_generator(0))
         x = out.samples[0]
@@ -120,11 +120,11 @@ def test_oracle_bias_is_in_its_recorded_band(case):
 
 def test_operators_without_svd_noise_covariance_and_bad_arguments_are_refused():
     for op in (OPERATORS["ct"](), DenseOperator(torch.eye(16, dtype=F64), SHAPE)):
-        _, y = measure(GAUSS, op)
+        _, y = measure(op, GAUSS, seed=1)
         with pytest.raises(OperatorMismatchError, match=rf"DDNM needs .*SVD.*{type(op).__name__} has none"):
             DDNM()(prior_model(GAUSS), op, y, SIGMA_Y, num_steps=2)
     op = OPERATORS["blur"]()
-    _, y = measure(GAUSS, op)
+    _, y = measure(op, GAUSS, seed=1)
     with pytest.raises(OperatorMismatchError, match="DDNM cannot use a function-space noise covariance"):
         DDNM()(prior_model(GAUSS, noise_cov=FourierCovariance(SHAPE)), op, y, SIGMA_Y, num_steps=2)
     for kw in (dict(eta=-0.5), dict(travel_length=0), dict(travel_repeat=1.5), dict(travel_repeat=True)):

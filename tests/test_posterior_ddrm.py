@@ -93,7 +93,7 @@ def test_noiseless_keeps_the_observed_coordinates(name):
     """σ_y = 0, η_b = 1: the samples' observed spectral coordinates equal ``ȳ``, so ``A x = y`` (to 1e-5;
     for inpainting the observed pixels are the measurement). Catches a last step that skips the data."""
     op = SVD_OPERATORS[name]()
-    _, y = measure(GAUSS, op, seed=2, sigma_y=0.0)
+    _, y = measure(op, GAUSS, seed=2, sigma_y=0.0)
     out = DDRM()(prior_model(GAUSS), op, y, 0.0, num_steps=8, n_samples=4, generator=make_generator(0))
     x = out.samples[0]
     assert (op.forward(x) - y).abs().max() < 1e-5
@@ -126,11 +126,11 @@ def test_operators_without_svd_and_noise_covariance_are_refused():
     """CT and a dense matrix have no closed-form SVD: one line naming DDRM and the operator; a trace-class
     diffusion noise covariance is refused with the reason; bad hyper-parameters name the argument."""
     for op in (OPERATORS["ct"](), DenseOperator(torch.eye(16, dtype=F64), SHAPE)):
-        _, y = measure(GAUSS, op)
+        _, y = measure(op, GAUSS, seed=1)
         with pytest.raises(OperatorMismatchError, match=rf"DDRM needs .*SVD.*{type(op).__name__} has none"):
             DDRM()(prior_model(GAUSS), op, y, SIGMA_Y, num_steps=2)
     op = OPERATORS["blur"]()
-    _, y = measure(GAUSS, op)
+    _, y = measure(op, GAUSS, seed=1)
     model = prior_model(GAUSS, noise_cov=FourierCovariance(SHAPE))
     with pytest.raises(OperatorMismatchError, match="DDRM cannot use a function-space noise covariance: .*white"):
         DDRM()(model, op, y, SIGMA_Y, num_steps=2)

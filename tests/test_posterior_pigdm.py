@@ -71,7 +71,7 @@ def test_noiseless_inpainting_keeps_the_observed_pixels():
     range part is inverted exactly; the last Euler step returns ``D_post``, whose observed pixels are
     ``y`` up to ``O(σ_min²)``: measured 1.2e-6). Catches ``σ g`` for ``σ² g`` and a flipped residual."""
     op = OPERATORS["inpaint"]()
-    _, y = measure(GAUSS, op, seed=2, sigma_y=0.0)
+    _, y = measure(op, GAUSS, seed=2, sigma_y=0.0)
     out = PiGDM()(prior_model(GAUSS), op, y, 0.0, num_steps=PiGDM.default_num_steps, n_samples=8,
                   generator=make_generator(0))
     x = out.samples[0]
@@ -84,7 +84,7 @@ def test_cost_is_one_vjp_per_evaluation_and_cg_counts_its_operator_calls():
     """Heun: 2n − 1 evaluations, one VJP each; conjugate gradients: ``cg_iters`` iterations per
     evaluation, each one ``A`` and one ``Aᵀ`` per chain, plus the residual's ``A`` and the final ``Aᵀ``."""
     op = OPERATORS["ct"]()
-    _, y = measure(GAUSS, op)
+    _, y = measure(op, GAUSS, seed=1)
     out = PiGDM(sampler="heun", cg_iters=7)(prior_model(GAUSS), op, y, SIGMA_Y, num_steps=4, n_samples=3)
     assert out.nfe == out.vjp == 7
     assert out.operator_calls == {"forward": 7 * 3 * 8, "adjoint": 7 * 3 * 8}
@@ -121,7 +121,7 @@ def test_what_cannot_run_is_refused_with_one_line():
     gradients on a singular system: refused naming ΠGDM and the operator. Bad hyper-parameters name the
     argument."""
     for op, C in ((OPERATORS["ct"](), None), (OPERATORS["inpaint"](), FourierCovariance(SHAPE))):
-        _, y = measure(GAUSS, op, sigma_y=0.0)
+        _, y = measure(op, GAUSS, seed=1, sigma_y=0.0)
         with pytest.raises(OperatorMismatchError, match=f"PiGDM: sigma_y = 0 .*{type(op).__name__}"):
             PiGDM()(prior_model(GAUSS, noise_cov=C), op, y, 0.0, num_steps=2)
     for kw in (dict(sampler="ddim"), dict(churn=-1.0), dict(cg_iters=0), dict(cg_tol=float("nan"))):
