@@ -276,3 +276,16 @@ def test_bf16_autocast_does_not_change_the_map(kind):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = pre.apply(z, sigma)
     assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+
+
+def test_dense_float32_cast_follows_loaded_factors():
+    """The cached float32 copy of the dense basis must not outlive a ``load_state_dict`` (which copies in
+    place, same storage): catches a cache keyed on the storage alone (stale G_σ after loading)."""
+    op = CT((1, 8, 8), n_angles=5)
+    a, b = DensePreconditioner(op, 0.05, 0.5), DensePreconditioner(CT((1, 8, 8), n_angles=3), 0.05, 0.5)
+    z = torch.randn(2, *op.x_shape, generator=make_generator(5))
+    sigma = torch.tensor([0.2, 3.0])
+    before = a.apply(z, sigma)  # float32: fills the cache
+    a.load_state_dict(b.state_dict())
+    assert torch.allclose(a.apply(z, sigma), b.apply(z, sigma)) and not torch.allclose(a.apply(z, sigma), before)
+    assert torch.allclose(a.apply(z.double(), sigma.double()).float(), b.apply(z, sigma), atol=1e-5)

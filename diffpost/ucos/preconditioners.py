@@ -83,9 +83,21 @@ class DensePreconditioner(Preconditioner):
         eig, Q = torch.linalg.eigh(A.T @ A)
         self.register_buffer("eigenvalues", eig.clamp_min(0))
         self.register_buffer("eigenvectors", Q)
+        self._cast: tuple = (None, None)
+
+    def _basis(self, like: torch.Tensor) -> torch.Tensor:
+        """``Q`` in ``like``'s dtype/device, cast once (134 MB at 64² in float64: casting it at every
+        network call doubled a 64² training step), recast when the buffer changes (load, ``.to``)."""
+        Q = self.eigenvectors
+        if Q.dtype == like.dtype and Q.device == like.device:
+            return Q
+        key = (Q.data_ptr(), Q._version, like.dtype, like.device)
+        if self._cast[0] != key:
+            self._cast = (key, Q.to(like))
+        return self._cast[1]
 
     def _map(self, z, sigma):
-        Q = self.eigenvectors.to(z)
+        Q = self._basis(z)
         c = z.flatten(1) @ Q
         return ((c * self._diag(self.eigenvalues, sigma, c)) @ Q.T).reshape(z.shape)
 
