@@ -238,8 +238,8 @@ def run(*, checkpoint: str, output: str, n: int = 10000, batch_size: int | None 
         overwrite: bool = False, figure: bool = True) -> Path:
     """Sample, measure and write (see the module docstring); returns the output folder."""
     t_start = time.perf_counter()
-    from lightning_modules.inference import InputError as FolderError
-    from lightning_modules.inference import OutputFolder
+    from lightning_modules.output_folder import OutputFolder
+    from lightning_modules.output_folder import OutputFolderError as FolderError
 
     _positive("--n", n)
     _positive("--batch-size", batch_size, allow_none=True)
