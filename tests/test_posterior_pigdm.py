@@ -81,11 +81,11 @@ def test_noiseless_inpainting_keeps_the_observed_pixels():
 
 
 def test_cost_is_one_vjp_per_evaluation_and_cg_counts_its_operator_calls():
-    """Heun: 2n − 1 evaluations, one VJP each; conjugate gradients: ``cg_iters`` iterations per
+    """Heun: 2n − 1 evaluations, one VJP each; conjugate gradients: ``cg_max_iter`` iterations per
     evaluation, each one ``A`` and one ``Aᵀ`` per chain, plus the residual's ``A`` and the final ``Aᵀ``."""
     op = OPERATORS["ct"]()
     _, y = measure(op, GAUSS, seed=1)
-    out = PiGDM(sampler="heun", cg_iters=7)(prior_model(GAUSS), op, y, SIGMA_Y, num_steps=4, n_samples=3)
+    out = PiGDM(sampler="heun", cg_max_iter=7)(prior_model(GAUSS), op, y, SIGMA_Y, num_steps=4, n_samples=3)
     assert out.nfe == out.vjp == 7
     assert out.operator_calls == {"forward": 7 * 3 * 8, "adjoint": 7 * 3 * 8}
     assert out.extras["cg_iterations"] == 7 * 7
@@ -110,7 +110,7 @@ def test_oracle_bias_is_in_its_recorded_band(case):
     (closed form and CG); no ``σ_y²`` in the closed form; the residual's sign (closed form and CG); the
     Jacobian dropped (``g = Aᵀ(…)⁻¹(y − A x̂0)`` without the VJP)."""
     if case[1] == "ct":
-        out = check_bands(PiGDM(cg_iters=20), case, BANDS[case], 20, 200)
+        out = check_bands(PiGDM(cg_max_iter=20), case, BANDS[case], 20, 200)
     else:
         out = check_bands(PiGDM(), case, BANDS[case], PiGDM.default_num_steps, 500)
     assert out.vjp == out.nfe
@@ -124,6 +124,6 @@ def test_what_cannot_run_is_refused_with_one_line():
         _, y = measure(op, GAUSS, seed=1, sigma_y=0.0)
         with pytest.raises(OperatorMismatchError, match=f"PiGDM: sigma_y = 0 .*{type(op).__name__}"):
             PiGDM()(prior_model(GAUSS, noise_cov=C), op, y, 0.0, num_steps=2)
-    for kw in (dict(sampler="ddim"), dict(churn=-1.0), dict(cg_iters=0), dict(cg_tol=float("nan"))):
+    for kw in (dict(sampler="ddim"), dict(churn=-1.0), dict(cg_max_iter=0), dict(cg_tol=float("nan"))):
         with pytest.raises(ValueError, match=f"PiGDM: {next(iter(kw))}"):
             PiGDM(**kw)

@@ -37,7 +37,7 @@ import torch
 
 from diffpost.operators.base import SVDOperator
 from diffpost.posterior.base import PosteriorMethod, Run, check_positive
-from diffpost.posterior.diffpir import cg_tolerance, check_cg, data_prox
+from diffpost.posterior.proximal import cg_tolerance, check_cg, data_prox
 from diffpost.posterior.steps import ddim_step
 from diffpost.random import make_generator, randn
 from diffpost.schedules import IdentityCovariance

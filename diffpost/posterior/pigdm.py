@@ -10,7 +10,7 @@ A denoiser correction: with ``x̂0 = D(x, σ)`` and ``x0 | x_σ ≈ N(x̂0, r² 
 per evaluation. The inverse is closed form for SVD operators, ``Aᵀ(r²AAᵀ + σ_y²)⁻¹v = V diag(s/(r²s² +
 σ_y²)) Uᵀv`` on the range (σ_y = 0 allowed: the range part is inverted exactly), and conjugate
 gradients in measurement space otherwise (``A`` and ``Aᵀ`` per iteration, counted as operator calls;
-iterations in ``extras["cg_iterations"]``, per chain batch). CG runs a fixed ``cg_iters`` iterations by
+iterations in ``extras["cg_iterations"]``, per chain batch). CG runs a fixed ``cg_max_iter`` iterations by
 default (``cg_tol = 0``): the result is then a smooth function of ``x``, so rounding-level differences
 (e.g. a batched matmul in the network) stay rounding-level; a tolerance stops each chain early, which
 is cheaper but makes the iteration count, hence the sample, jump with such differences.
@@ -32,6 +32,7 @@ import torch
 from diffpost.fourier import dht2
 from diffpost.operators.base import LinearOperator, SVDOperator, conjugate_gradient
 from diffpost.posterior.base import DiffusionModel, OperatorMismatchError, PosteriorMethod, Run
+from diffpost.posterior.proximal import check_cg
 from diffpost.posterior.spectral import count_transforms, spectral_measurement
 from diffpost.posterior.steps import per_chain
 from diffpost.samplers.base import Denoiser
@@ -40,21 +41,20 @@ from diffpost.samplers.select import SAMPLER_NAMES, SamplerName, run_sampler
 
 class PiGDM(PosteriorMethod):
     """``sampler``/``churn``: the σ-space sampler run on ``D_post`` (``euler`` = the paper's DDIM η = 0);
-    ``cg_iters``/``cg_tol``: the conjugate-gradient solve for operators without an SVD (at most
-    ``cg_iters`` iterations; ``cg_tol > 0`` stops a chain once its relative residual is below it)."""
+    ``cg_max_iter``/``cg_tol``: the conjugate-gradient solve for operators without an SVD (at most
+    ``cg_max_iter`` iterations; ``cg_tol > 0`` stops a chain once its relative residual is below it)."""
 
     default_num_steps = 100
     allows_noiseless = True
 
-    def __init__(self, sampler: SamplerName = "euler", churn: float = 0.0, cg_iters: int = 50, cg_tol: float = 0.0):
+    def __init__(self, sampler: SamplerName = "euler", churn: float = 0.0, cg_max_iter: int = 50, cg_tol: float = 0.0):
         if sampler not in SAMPLER_NAMES:
             raise ValueError(f"PiGDM: sampler must be one of {', '.join(SAMPLER_NAMES)}, got {sampler!r}")
         for name, v in (("churn", churn), ("cg_tol", cg_tol)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"PiGDM: {name} must be a finite number >= 0, got {v!r}")
-        if isinstance(cg_iters, bool) or not isinstance(cg_iters, int) or cg_iters < 1:
-            raise ValueError(f"PiGDM: cg_iters must be a positive integer, got {cg_iters!r}")
-        self.sampler, self.churn, self.cg_iters, self.cg_tol = sampler, float(churn), cg_iters, float(cg_tol)
+        check_cg("PiGDM", cg_tol or None, cg_max_iter)
+        self.sampler, self.churn, self.cg_max_iter, self.cg_tol = sampler, float(churn), cg_max_iter, float(cg_tol)
 
     @staticmethod
     def closed_form(model: DiffusionModel, operator: LinearOperator) -> bool:
@@ -108,7 +108,7 @@ class PiGDM(PosteriorMethod):
                     v = A.adjoint(z)
                     return A.forward(r * v if lam is None else dht2(r * dht2(v))) + sy2 * z
 
-                u = conjugate_gradient(apply_k, y - A.forward(x0), tol=self.cg_tol, max_iter=self.cg_iters)
+                u = conjugate_gradient(apply_k, y - A.forward(x0), tol=self.cg_tol, max_iter=self.cg_max_iter)
                 return per_chain(sigma, x0) ** 2 * A.adjoint(u)
 
         def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
