@@ -319,7 +319,6 @@ def test_spectral_posterior_dense_fallback(spectral):
         big.posterior(PixelMask((1, 128, 128)), torch.zeros(1, 128, 128), 0.1)
 
 
-@pytest.mark.skipif(not all(hasattr(ops, n) for n in ("Blur", "MRI", "Denoising")), reason="Hartley operators not available")
 @pytest.mark.parametrize("which", ["blur", "mri", "denoising"])
 def test_spectral_posterior_real_hartley_operators(which):
     shape = (1, 8, 8)

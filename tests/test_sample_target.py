@@ -102,13 +102,29 @@ def test_outputs_metrics_and_figure(ckpts):
 
 
 def test_samples_do_not_depend_on_batch_size(ckpts):
+    """Project rule (issue 10): same machine and batch size → bit-identical; other batch sizes → equal in
+    float64 (to rounding) and within a stated tolerance in float32, where matrix kernels may depend on
+    the batch size (seen on AMD EPYC). Every sample has its own seed, so only rounding may differ."""
     outs = {}
-    for bs in (3, 7):
-        outs[bs] = ckpts["dir"] / f"bs{bs}"
-        assert _run(ckpts["trained"], outs[bs], "--n", 10, "--batch-size", bs, "--seed", 5, "--no-figure") == 0
-    assert torch.equal(_load(outs[3], "samples"), _load(outs[7], "samples"))
-    assert torch.equal(_load(outs[3], "log_weights"), _load(outs[7], "log_weights"))
-    assert not (outs[3] / "samples.png").exists()
+    for name, bs in (("a", 3), ("b", 3), ("c", 7)):
+        outs[name] = ckpts["dir"] / f"bs_{name}"
+        assert _run(ckpts["trained"], outs[name], "--n", 10, "--batch-size", bs, "--seed", 5, "--no-figure") == 0
+    assert torch.equal(_load(outs["a"], "samples"), _load(outs["b"], "samples"))
+    assert torch.equal(_load(outs["a"], "log_weights"), _load(outs["b"], "log_weights"))
+    x3, x7 = _load(outs["a"], "samples"), _load(outs["c"], "samples")
+    w3, w7 = _load(outs["a"], "log_weights"), _load(outs["c"], "log_weights")
+    # float32: 1e-4 of the scale over 8 steps of a small MLP (measured differences are ≤ 1e-6 or zero)
+    assert torch.allclose(x3, x7, rtol=0, atol=1e-4 * float(x3.abs().max()))
+    assert torch.allclose(w3, w7, rtol=0, atol=1e-4 * float(w3.abs().max()))
+    assert not (outs["a"] / "samples.png").exists()
+    # float64 through the module the script loads: equal to rounding
+    module, _ = script.load_sampler(str(ckpts["trained"]), torch.device("cpu"))
+    module = module.double()
+    with torch.no_grad():
+        a, la = module.sample(10, seed=5, batch_size=3)
+        b, lb = module.sample(10, seed=5, batch_size=7)
+    assert a.dtype == torch.float64
+    assert torch.allclose(a, b, rtol=0, atol=1e-12) and torch.allclose(la, lb, rtol=0, atol=1e-10)
 
 
 def test_untrained_sampler_gives_reference_importance_weights(ckpts):
