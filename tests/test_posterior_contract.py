@@ -168,10 +168,13 @@ def test_bad_input_is_one_clear_error(path):
         method(model, big, torch.zeros(1, *big.y_shape, dtype=F64), SIGMA_Y, num_steps=STEPS, n_samples=1)
 
 
+@pytest.mark.parametrize("how", ["nan", "huge"])
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_a_diverging_network_stops_with_the_divergence_error(path):
-    """A network that returns NaN from the middle of the run on: ``SamplerDivergedError`` naming the
-    method (and the step, for methods with more than one call), never NaN samples."""
+def test_a_diverging_network_stops_with_the_divergence_error(path, how):
+    """A network that returns NaN (or finite but absurd values, 1e12) from the middle of the run on:
+    ``SamplerDivergedError`` naming the method (and the step, for methods with more than one call),
+    never NaN or exploded samples. Catches a guard that only looks for NaN (ALD with too large a step
+    used to return |x| ~ 1e89 silently)."""
     method, op = make_method(path), OPERATORS["blur"]()
     y = measurements(op, 1)
     total = run(method, op, y).nfe
@@ -182,13 +185,13 @@ def test_a_diverging_network_stops_with_the_divergence_error(path):
     def breaking(x, s):
         calls["n"] += 1
         out = inner(x, s)
-        return out if calls["n"] < max(1, total // 2) else out * math.nan
+        return out if calls["n"] < max(1, total // 2) else out * (math.nan if how == "nan" else 1e12)
 
     if isinstance(model, UCoSModel):
         model.aux = breaking
     else:
         model.denoiser = breaking
-    with pytest.raises(SamplerDivergedError, match="not finite") as err:
+    with pytest.raises(SamplerDivergedError, match="not finite" if how == "nan" else "explode") as err:
         run(method, op, y, model=model)
     if total > 2:
         assert "step" in str(err.value)

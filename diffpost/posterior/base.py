@@ -140,6 +140,8 @@ class Run:
         self.nfe = 0
         self.vjp_count = 0
         self.extras: dict[str, Any] = {}
+        #: a state beyond this is exploding, not sampling: |x_σ| ≤ |x0| + a few σ ≤ 1 + 6 σ_max for data in [-1, 1]
+        self.state_limit = 100.0 * (1.0 + float(model.sigma_max))
 
     # ------------------------------------------------------------------ shapes and grids
     @property
@@ -218,18 +220,24 @@ class Run:
     def emit(self, i: int, x: torch.Tensor, sigma: float, sigma_next: float, denoised: torch.Tensor | None = None) -> None:
         """After step ``i``: stop on a non-finite state (``SamplerDivergedError`` naming the method and
         step), then call the callback with ``dict(i, x, sigma, sigma_next, denoised)``."""
-        check_state(x, self.method.name, i, sigma)
+        check_state(x, self.method.name, i, sigma, limit=self.state_limit)
         if self.callback is not None:
             self.callback(dict(i=i, x=x, sigma=sigma, sigma_hat=sigma, sigma_next=sigma_next, denoised=denoised))
 
 
-def check_state(x: torch.Tensor, who: str, step: int, sigma: float | None = None) -> None:
-    """``SamplerDivergedError`` if ``x`` has a NaN/±inf: "<who>: state is not finite after step i (σ = …)"."""
+def check_state(x: torch.Tensor, who: str, step: int, sigma: float | None = None, limit: float | None = None) -> None:
+    """``SamplerDivergedError`` if ``x`` has a NaN/±inf, or (with ``limit``) an entry beyond ``limit`` in
+    absolute value: "<who> diverged: state is not finite after step i (σ = …)" / "... exploded ..."."""
+    at = "" if sigma is None else f" (σ = {sigma:.4g})"
     if not bool(torch.isfinite(x).all()):
         rows = int((~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).sum())
-        at = "" if sigma is None else f" (σ = {sigma:.4g})"
         raise SamplerDivergedError(f"{who} diverged: state is not finite after step {step}{at} in {rows} of {x.shape[0]} chains; "
                                    "lower the step size/guidance weight or check the model")
+    if limit is not None:
+        big = float(x.abs().max()) if x.numel() else 0.0
+        if big > limit:
+            raise SamplerDivergedError(f"{who} diverged: state exploded to |x| = {big:.3g} (limit {limit:.3g}) after step "
+                                       f"{step}{at}; lower the step size/guidance weight")
 
 
 # ================================================================================ methods
@@ -282,7 +290,7 @@ class PosteriorMethod(Configurable):
             out = self.sample(run)
         if tuple(out.shape) != (B * S, *operator.x_shape):
             raise RuntimeError(f"{self.name}: returned shape {tuple(out.shape)}, expected {(B * S, *operator.x_shape)}")
-        check_state(out, self.name, num_steps, None)
+        check_state(out, self.name, num_steps, None, limit=run.state_limit)
         calls = {k: int(operator.counts.get(k, 0) - before.get(k, 0)) for k in ("forward", "adjoint")}
         return PosteriorOutput(out.detach().reshape(B, S, *operator.x_shape), run.nfe, run.vjp_count, calls,
                                mean_only=self.mean_estimator, extras=run.extras)

@@ -125,6 +125,7 @@ def evaluate(samples: torch.Tensor, x0: torch.Tensor, moments, posts, mean_only:
 def run(args) -> list[dict]:
     from diffpost.config import build
     from diffpost.posterior.base import OperatorMismatchError, PosteriorMethod
+    from diffpost.samplers.errors import SamplerDivergedError
     from diffpost.random import make_generator, seed_for
 
     rows = []
@@ -152,6 +153,10 @@ def run(args) -> list[dict]:
                 except OperatorMismatchError as e:
                     rows.append({"problem": pname, "method": mname, "steps": steps, "note": str(e).split(":")[0] + ": not usable"})
                     break
+                except SamplerDivergedError as e:  # a result of the method at its configured step size
+                    rows.append({"problem": pname, "method": mname, "steps": steps, "note": str(e).split(";")[0]})
+                    print(_line(rows[-1]), flush=True)
+                    continue
                 seconds = time.perf_counter() - t
                 if (out.nfe, out.vjp) in seen:  # the step count does not change this method (e.g. one-call UCoS MMSE)
                     continue
