@@ -37,6 +37,7 @@ class ALD(PosteriorMethod):
     """``alpha``: the Langevin step α at the smallest level σ_L; ``steps_per_level``: T."""
 
     default_num_steps = 333
+    tuning = {"alpha": (2e-8, 2e-7, 2e-6)}  # stable while α(1 + ‖A‖²)/σ_min² < 2: the operator decides
     allows_noiseless = True  # σ_y² + σ_l² > 0 at every level
 
     def __init__(self, alpha: float = 2e-6, steps_per_level: int = 3):

@@ -51,6 +51,7 @@ class DAPS(PosteriorMethod):
     ``langevin_step`` (fraction of the stability limit); ``r_schedule``; ``cg_tol`` (None: by dtype)/``cg_max_iter``."""
 
     default_num_steps = 200
+    tuning = {"langevin_step": (0.03, 0.1, 0.3)}  # a fraction of the Langevin stability limit
 
     def __init__(self, ode_steps: int = 5, exact: bool = False, langevin_steps: int = 100, langevin_step: float = 0.1,
                  r_schedule: Literal["sigma", "sigma_data"] = "sigma", cg_tol: float | None = None, cg_max_iter: int = 100):

@@ -37,6 +37,7 @@ class DiffPIR(PosteriorMethod):
     solve for operators without an SVD."""
 
     default_num_steps = 100
+    tuning = {"lam": (1.0, 7.0, 30.0), "zeta": (0.3, 1.0)}  # the paper tunes both per task
     allows_noiseless = True
 
     def __init__(self, lam: float = 1.0, zeta: float = 0.3, cg_tol: float | None = None, cg_max_iter: int = 100):
