@@ -4,6 +4,7 @@ average per-image PSNR (the convention), sync across ranks, or report spreads.""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -72,12 +73,60 @@ def coverage(samples: torch.Tensor, truth: torch.Tensor, level: float = 0.9) -> 
     A calibrated sampler covers at the nominal rate (in expectation over the prior). Per measurement,
     ``(B,)``; samples ``(B, S, ...)``.
     """
-    if not 0 < level < 1:
-        raise ValueError(f"coverage: level must be in (0, 1), got {level}")
-    lo = torch.quantile(samples.flatten(2).float(), (1 - level) / 2, dim=1)
-    hi = torch.quantile(samples.flatten(2).float(), (1 + level) / 2, dim=1)
-    t = truth.flatten(1).float()
-    return ((t >= lo) & (t <= hi)).float().mean(1)
+    return coverage_at_levels(samples, truth, (level,))[:, 0]
+
+
+def coverage_at_levels(samples: torch.Tensor, truth: torch.Tensor, levels=(0.5, 0.8, 0.9, 0.95)) -> torch.Tensor:
+    """``coverage`` at several nominal levels at once (one quantile pass): ``(B, len(levels))``.
+
+    The interval of level ``p`` is ``[q_{(1−p)/2}, q_{(1+p)/2}]`` of the ``S`` samples per pixel (linear
+    interpolation): with exact posterior samples and the truth drawn from the prior its coverage is
+    ``p`` up to O(1/S).
+    """
+    levels = tuple(float(v) for v in levels)
+    if not levels or not all(0 < v < 1 for v in levels):
+        raise ValueError(f"coverage: levels must be in (0, 1), got {levels}")
+    if samples.dim() < 2 or samples.shape[0] != truth.shape[0] or samples.shape[2:] != truth.shape[1:]:
+        raise ValueError(f"coverage: samples (B, S, ...) and truth (B, ...) must agree, got {tuple(samples.shape)} and {tuple(truth.shape)}")
+    if samples.shape[1] < 2:
+        raise ValueError(f"coverage: needs at least 2 samples per measurement, got {samples.shape[1]}")
+    p = torch.tensor(levels, dtype=torch.float32, device=samples.device)
+    q = torch.quantile(samples.flatten(2).float(), torch.cat([(1 - p) / 2, (1 + p) / 2]), dim=1)  # (2L, B, pixels)
+    lo, hi = q[: len(levels)], q[len(levels):]
+    t = truth.flatten(1).float()[None]
+    return ((t >= lo) & (t <= hi)).float().mean(-1).T
+
+
+@dataclass(frozen=True)
+class ReliabilityCurve:
+    """Nominal levels against empirical coverage of central credible intervals (METHODS §7): the data
+    of a reliability plot, plain numbers only (plotting lives outside the core).
+
+    ``coverage[k]`` is the mean over measurements at ``levels[k]``; ``stderr[k]`` its standard error
+    across measurements (pixels of one image are correlated, measurements are not); ``n`` measurements."""
+
+    levels: tuple[float, ...]
+    coverage: tuple[float, ...]
+    stderr: tuple[float, ...]
+    n: int
+
+    @property
+    def max_gap(self) -> float:
+        """Largest ``|coverage − level|``: 0 for a calibrated sampler up to Monte Carlo error."""
+        return max(abs(c - v) for c, v in zip(self.coverage, self.levels))
+
+    def as_dict(self) -> dict[str, object]:
+        """For ``metrics.json``: ``{"levels", "coverage", "stderr", "n", "max_gap"}``."""
+        return {"levels": list(self.levels), "coverage": list(self.coverage), "stderr": list(self.stderr), "n": self.n,
+                "max_gap": self.max_gap}
+
+
+def reliability_curve(samples: torch.Tensor, truth: torch.Tensor, levels=(0.5, 0.8, 0.9, 0.95)) -> ReliabilityCurve:
+    """``ReliabilityCurve`` of posterior samples ``(B, S, ...)`` against the truths ``(B, ...)``."""
+    per = coverage_at_levels(samples, truth, levels).double()
+    n = per.shape[0]
+    se = per.std(0, unbiased=True) / math.sqrt(n) if n > 1 else torch.full((per.shape[1],), float("nan"), dtype=per.dtype)
+    return ReliabilityCurve(tuple(float(v) for v in levels), tuple(per.mean(0).tolist()), tuple(se.tolist()), n)
 
 
 def gaussian_filter_denoise(x: torch.Tensor, width: float) -> torch.Tensor:
