@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from diffpost.image_quality import bias_squared, coverage, psnr, ssim, summed_variance
+from diffpost.image_quality import bias_squared, coverage_at_levels, psnr, ssim, summed_variance
 from lightning_modules.figures import calibration_figure, measurement_figure
 from lightning_modules.output_folder import OutputFolder
 
@@ -43,8 +43,9 @@ def measurement_metrics(samples: torch.Tensor, truth: torch.Tensor | None, mean_
     if samples.shape[1] >= 2 and not mean_only:
         out["summed_variance"] = summed_variance(samples)
         if truth is not None:
-            for level in COVERAGE_LEVELS:
-                out[f"coverage_{round(100 * level)}"] = coverage(samples, truth, level)
+            per_level = coverage_at_levels(samples, truth, COVERAGE_LEVELS)
+            for k, level in enumerate(COVERAGE_LEVELS):
+                out[f"coverage_{round(100 * level)}"] = per_level[:, k]
     return out
 
 
@@ -169,7 +170,11 @@ def metrics_report(merged: dict[str, Any], *, n_samples: int, mean_only: bool, p
         aggregate[key] = _stats(merged[key])
     aggregate.update({"operator_calls_forward": _stats(merged["forward"]), "operator_calls_adjoint": _stats(merged["adjoint"])})
     levels = [lv for lv in COVERAGE_LEVELS if f"coverage_{round(100 * lv)}" in merged["metrics"]]
-    calibration = {"levels": levels, "coverage": [float(merged["metrics"][f"coverage_{round(100 * lv)}"].mean()) for lv in levels]}
+    per_level = [merged["metrics"][f"coverage_{round(100 * lv)}"].double() for lv in levels]
+    calibration = {"levels": levels, "coverage": [float(c.mean()) for c in per_level],
+                   # standard error across measurements (pixels of one image are correlated, images are not)
+                   "stderr": [float(c.std() / c.numel() ** 0.5) if c.numel() > 1 else None for c in per_level],
+                   "max_gap": max((abs(float(c.mean()) - lv) for c, lv in zip(per_level, levels)), default=None)}
     if mean_only:
         calibration["note"] = "the method estimates the posterior mean only: no std map, no coverage"
     elif not levels:

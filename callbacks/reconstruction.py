@@ -11,7 +11,7 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from diffpost.image_quality import to_unit_range
+from diffpost.image_quality import coverage_at_levels, to_unit_range
 from lightning_modules.reconstruct import Reconstructor, Tikhonov
 
 
@@ -45,15 +45,20 @@ def eval_items(datamodule, split: str, n: int) -> dict[str, torch.Tensor]:
     """
     if not hasattr(datamodule, "dataset") or not hasattr(datamodule, "operator"):
         raise TypeError(f"reconstruction callbacks need an InverseProblemDataModule-like DataModule, got {type(datamodule).__name__}")
-    ds = datamodule.dataset(split)
-    ds.prepare()
-    items = [ds[k] for k in range(min(n, len(ds)))]
-    return {k: torch.stack([it[k] for it in items]) for k in ("x", "y", "index")} if items else {}
+    count = min(n, len(datamodule.dataset(split)))
+    return datamodule.first_items(split, count) if count else {}
+
+
+#: nominal levels of the central credible intervals whose coverage is logged when samples are available
+COVERAGE_LEVELS = (0.5, 0.8, 0.9, 0.95)
 
 
 class ReconstructionMetrics(pl.Callback):
     """Reconstructs the first ``n_images`` validation (and test) measurements once per evaluation epoch
-    and logs ``{val,test}/<reconstructor.name>/{psnr,ssim}``: the mean of per-image values.
+    and logs ``{val,test}/<reconstructor.name>/{psnr,ssim}``: the mean of per-image values; when the
+    reconstructor returns two or more posterior samples per image, also the calibration
+    ``{val,test}/<name>/coverage{50,80,90,95}``: the fraction of pixels whose truth lies in the central
+    credible interval of that level (a calibrated sampler: the level itself).
 
     - ``reconstructor``: ``Tikhonov``/``PseudoInverse`` (classical, any module) or ``PosteriorSampling``
       (calls ``module.sample_posterior``), so every posterior sampler plugs in without change.
@@ -73,6 +78,7 @@ class ReconstructionMetrics(pl.Callback):
         self.reconstructor = reconstructor if reconstructor is not None else Tikhonov()
         self.n_images, self.every_n_epochs = n_images, every_n_epochs
         self.psnr, self.ssim = MeanMetric(), MeanMetric()
+        self.coverage = {level: MeanMetric() for level in COVERAGE_LEVELS}
         self._pending: str | None = None
 
     @property
@@ -88,15 +94,20 @@ class ReconstructionMetrics(pl.Callback):
         dm = trainer.datamodule
         device = pl_module.device
         self.psnr, self.ssim = self.psnr.to(device), self.ssim.to(device)
+        self.coverage = {level: m.to(device) for level, m in self.coverage.items()}
         with torch.inference_mode(False), torch.no_grad():
             items = eval_items(dm, split, self.n_images)
             mine = {k: v[trainer.global_rank::trainer.world_size].to(device) for k, v in items.items()}
             if mine and len(mine["index"]):
                 x = mine["x"]
-                x_hat, _ = self.reconstructor(pl_module, mine["y"], dm.operator.to(device), dm.sigma_y, mine["index"])
+                x_hat, samples = self.reconstructor(pl_module, mine["y"], dm.operator.to(device), dm.sigma_y, mine["index"])
                 x_hat = x_hat.detach().to(x.dtype)
                 self.psnr.update(image_psnr(x_hat, x))
                 self.ssim.update(image_ssim(x_hat, x))
+                if samples is not None and samples.shape[1] >= 2:
+                    per_level = coverage_at_levels(samples.detach(), x, COVERAGE_LEVELS)
+                    for k, level in enumerate(COVERAGE_LEVELS):
+                        self.coverage[level].update(per_level[:, k])
         self._pending = split
 
     def _log(self, pl_module: pl.LightningModule, split: str) -> None:
@@ -106,6 +117,10 @@ class ReconstructionMetrics(pl.Callback):
         # compute() syncs the sums over ranks: every rank logs the global mean (no sync_dist needed)
         pl_module.log(f"{split}/{name}/psnr", self.psnr.compute(), sync_dist=False, prog_bar=True)
         pl_module.log(f"{split}/{name}/ssim", self.ssim.compute(), sync_dist=False, prog_bar=True)
+        for level, metric in self.coverage.items():
+            if metric.update_called:  # only reconstructors with samples have a calibration
+                pl_module.log(f"{split}/{name}/coverage{round(100 * level)}", metric.compute(), sync_dist=False)
+            metric.reset()
         self.psnr.reset()
         self.ssim.reset()
         self._pending = None

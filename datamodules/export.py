@@ -6,7 +6,6 @@ than pickled. ``build_operator`` rebuilds it, importing nothing outside ``diffpo
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import math
 import os
@@ -34,22 +33,17 @@ def export_measurements(datamodule: "InverseProblemDataModule", path: str, split
     """
     from datamodules.inverse_problem import operator_spec
 
-    ds = datamodule.dataset(split)
-    if not ds.measure:  # the train split synthesises no y for training steps; an export wants it
-        ds = copy.copy(ds)
-        ds.measure = True
-    size = len(ds)
+    size = len(datamodule.dataset(split))
     if n is None:
         n = size
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= size:
         raise ValueError(f"export_measurements: n must be an integer in [1, {size}] for the {split} split, got {n!r}")
-    ds.prepare()
-    items = [ds[k] for k in range(n)]
+    items = datamodule.first_items(split, n)
     record = {
         "format": FORMAT,
-        "x": torch.stack([it["x"] for it in items]).contiguous(),
-        "y": torch.stack([it["y"] for it in items]).contiguous(),
-        "index": torch.stack([it["index"] for it in items]),
+        "x": items["x"].contiguous(),
+        "y": items["y"].contiguous(),
+        "index": items["index"],
         "sigma_y": float(datamodule.sigma_y),
         "operator": operator_spec(datamodule.operator),
         "split": split,

@@ -353,13 +353,30 @@ class InverseProblemDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
 
+    def first_items(self, split: str, n: int | None = None, *, with_y: bool = True) -> dict[str, torch.Tensor]:
+        """The first ``n`` items (default all) of ``split``, stacked: ``x``, ``index`` and, with ``with_y``,
+        ``y`` (also for the train split, whose training items carry none). The one home of "the first n
+        items of a split": exports, validation callbacks, sample.py's data configs and the benchmarks
+        all see the same items with the same seeded noise, for any batch size or worker count."""
+        ds = self.dataset(split)
+        if with_y and not ds.measure:
+            ds = copy.copy(ds)
+            ds.measure = True
+        size = len(ds)
+        n = size if n is None else n
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= size:
+            raise ValueError(f"first_items: n must be an integer in [0, {size}] for the {split} split, got {n!r}")
+        ds.prepare()
+        items = [ds[k] for k in range(n)]
+        keys = ("x", "y", "index") if with_y else ("x", "index")
+        return {k: torch.stack([it[k] for it in items]) if items else torch.empty(0) for k in keys}
+
     def val_subset(self, n: int) -> list[dict[str, torch.Tensor]]:
         """The first ``n`` validation items ``{"x", "y", "index"}`` (unbatched; fixed across calls)."""
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(self.split_indices["val"]):
             raise ValueError(f"val_subset: n must be an integer in [0, n_val={len(self.split_indices['val'])}], got {n!r}")
-        ds = self.dataset("val")
-        ds.prepare()
-        return [ds[k] for k in range(n)]
+        items = self.first_items("val", n)
+        return [{k: v[i] for k, v in items.items()} for i in range(n)]
 
     def export_measurements(self, path: str, split: str = "test", n: int | None = None) -> str:
         """Write the first ``n`` items of ``split`` to a ``.pt`` file (see ``datamodules.export``)."""

@@ -221,10 +221,8 @@ def measurements_from_data_config(paths: list[str], split: str = "test", n: int 
         raise InputError(str(e)) from None
     if len(ds) == 0:
         raise InputError(f"data config {path}: the {split} split is empty")
-    ds.prepare()
-    items = [ds[k] for k in range(len(ds) if n is None else min(n, len(ds)))]
-    record = {"format": FORMAT, "x": torch.stack([it["x"] for it in items]), "y": torch.stack([it["y"] for it in items]),
-              "index": torch.stack([it["index"] for it in items]), "sigma_y": dm.sigma_y, "operator": operator_spec(dm.operator)}
+    items = dm.first_items(split, len(ds) if n is None else min(n, len(ds)))
+    record = {"format": FORMAT, **items, "sigma_y": dm.sigma_y, "operator": operator_spec(dm.operator)}
     validate_measurements(record, where=f"data config {path}")
     return Measurements(y=record["y"], index=record["index"], x=record["x"], operator=dm.operator, sigma_y=dm.sigma_y,
                         source={"kind": "data_config", "paths": [str(Path(p).absolute()) for p in paths], "split": split,

@@ -76,9 +76,8 @@ def tikhonov_baseline(n: int) -> dict:
     op, sy = dm.operator, dm.sigma_y
 
     def stack(split, k):
-        ds = dm.dataset(split)
-        items = [ds[i] for i in range(min(k, len(ds)))]
-        return [__import__("torch").stack([it[key] for it in items]) for key in ("x", "y")]
+        items = dm.first_items(split, min(k, len(dm.dataset(split))))
+        return items["x"], items["y"]
 
     xv, yv = stack("val", 16)
     x, y = stack("test", n)

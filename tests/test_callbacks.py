@@ -376,3 +376,20 @@ def test_callbacks_package_is_ours():
     root = Path(__file__).resolve().parents[1]
     assert Path(callbacks.__file__).resolve().is_relative_to(root)
     assert os.path.basename(os.path.dirname(callbacks.__file__)) == "callbacks"
+
+
+def test_calibration_is_logged_when_the_reconstructor_has_samples(tmp_path):
+    """The stand-in's 3 samples per pixel are ``y − 0.1, y, y + 0.1`` (denoising: A = I), so the central
+    p-interval (linear quantiles) is ``[y − 0.1p, y + 0.1p]`` and its coverage is the fraction of pixels
+    with ``|x − y| ≤ 0.1p``, computed here with numpy. Catches swapped quantiles, a wrong level → coverage
+    key, or coverage logged for reconstructors without samples (Tikhonov)."""
+    dm, module = tiny_dm(), PosteriorStandIn()
+    cbs = [ReconstructionMetrics(PosteriorSampling(n_samples=3, num_steps=2), n_images=4),
+           ReconstructionMetrics(Tikhonov(), n_images=4)]
+    (out,) = trainer(tmp_path, cbs).validate(module, datamodule=dm, verbose=False)
+    batch = val_items(dm, 4)
+    gap = (batch["x"] - batch["y"]).abs().double().numpy()
+    for level in (50, 80, 90, 95):
+        expected = float(np.mean([np.mean(g <= 0.1 * level / 100 + 1e-9) for g in gap]))
+        assert out[f"val/posterior/coverage{level}"] == pytest.approx(expected, abs=1e-6)
+    assert not any(k.startswith("val/tikhonov/coverage") for k in out)

@@ -178,11 +178,8 @@ def evaluate_task(name: str, prior_ckpt: str, args, specs: dict) -> dict:
 
     op, sigma_y = task(name)
     dm = datamodule(op, sigma_y, args)
-    val, test = dm.dataset("val"), dm.dataset("test")
-    val.prepare(), test.prepare()
-    stack = lambda ds, key, n: torch.stack([ds[i][key] for i in range(n)])  # noqa: E731
-    x_val, y_val = stack(val, "x", args.n_tune), stack(val, "y", args.n_tune)
-    x, y = stack(test, "x", args.n_test), stack(test, "y", args.n_test)
+    val, test = dm.first_items("val", args.n_tune), dm.first_items("test", args.n_test)
+    x_val, y_val, x, y = val["x"], val["y"], test["x"], test["y"]
     ucos_ckpt, ucos_training = trained("ucos", name, op, sigma_y, args)
     prior, ucos = load_module(prior_ckpt), load_module(ucos_ckpt)
     per_nfe = unconditional_seconds_per_nfe(prior, args.n_test * args.k)
