@@ -1,15 +1,18 @@
-"""``BridgeModule``: Schrödinger-bridge refinement of a DDS sampler by iterative proportional fitting.
+"""``BridgeModule``: Schrödinger-bridge refinement of a DDS or PIS sampler by iterative proportional fitting.
 
-Between ``μ_0 = N(0, σ_r² I)`` and ``π`` with the DDS reference chain over a fixed (short) horizon, where
-DDS alone is biased: its optimum ``μ_0 ×`` (forward kernels of ``P^π``) has terminal law ``≠ π`` unless
-the reference mixes. IPF alternates two half-bridges (``diffpost.samplers.dds.path_log_ratio``):
+Between the start law (DDS: ``μ_0 = N(0, σ_r² I)``; PIS: the point 0) and ``π`` with the reference chain
+over a fixed (short) horizon, where DDS alone is biased: its optimum ``μ_0 ×`` (forward kernels of
+``P^π``) has terminal law ``≠ π`` unless the reference mixes. (PIS's optimum is exact in continuous time;
+the refinement then corrects what its discretisation and network miss.) IPF alternates two half-bridges
+(``diffpost.samplers.dds.path_log_ratio``):
 
-- backward (mean matching): fit ``B_φ(y_k | y_{k+1}) = N(a_k y_{k+1} + β_k² v_φ, σ_r² β_k² I)`` to paths
-  of the current forward sampler by maximum likelihood;
+- backward (mean matching): fit ``B_φ(y_k | y_{k+1}) = N(c_k y_{k+1} + β_k² v_φ, w_k² I)`` (``c_k, w_k`` the
+  reference's own backward kernel: DDS ``a_k, σ_r β_k``; PIS a Brownian bridge to 0) to paths of the
+  current forward sampler by maximum likelihood;
 - forward: retrain ``u_θ`` (warm start) on ``KL(Q_θ || π × B_φ)`` by backprop through the path.
 
-The first forward phase (``B`` = the reference's own backward kernels) is DDS; ``init_from`` may give
-a trained ``DDSModule`` checkpoint instead. Both phases minimise the same bound
+The first forward phase (``B`` = the reference's own backward kernels) is DDS or PIS; ``init_from`` may
+give a trained ``DDSModule`` checkpoint of the same kind instead. Both phases minimise the same bound
 ``L(θ, φ) = E_Q[R] + log Z ≥ KL(Q_K || π)``, so it cannot increase from phase to phase (up to
 optimisation and Monte Carlo error); after each backward phase, ``B_φ`` is fitted to the current
 sampler and ``L`` is a close upper bound on that sampler's ``KL(Q_K || π)`` (the gap is what Gaussian
@@ -21,7 +24,7 @@ Train with ``Trainer(max_epochs=1)``: one epoch is the whole schedule of ``phase
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -32,23 +35,24 @@ from lightning_modules.checkpoint import safe_load
 from lightning_modules.dds import _TRAIN_STREAM, DiffusionSamplerBase, _positive
 
 _EVAL_STREAM = 3
-#: DDS hyper-parameters that must match for ``init_from``
-_SHARED = ("n_steps", "T", "alpha", "sigma_r", "time_power", "hidden")
+#: DDS/PIS hyper-parameters that must match for ``init_from``
+_SHARED = ("kind", "n_steps", "T", "alpha", "sigma_r", "time_power", "hidden")
 
 
 class BridgeModule(DiffusionSamplerBase):
-    """IPF refinement; arguments as ``DDSModule`` (DDS reference only) plus:
+    """IPF refinement; arguments as ``DDSModule`` (``kind``: the DDS or the PIS reference) plus:
 
     Args:
         n_ipf: IPF iterations after the first (DDS) forward phase.
         phase_steps: optimiser steps per half-bridge.
-        init_from: path of a trained ``DDSModule`` checkpoint with the same reference and width; its
-            control replaces the first forward phase (loaded when a fresh fit starts).
+        init_from: path of a trained ``DDSModule`` checkpoint with the same kind, reference and width;
+            its control replaces the first forward phase (loaded when a fresh fit starts).
     """
 
     def __init__(
         self,
         target: Any,
+        kind: Literal["dds", "pis"] = "dds",
         n_steps: int = 32,
         T: float = 1.0,
         alpha: float = 1.0,
@@ -67,7 +71,7 @@ class BridgeModule(DiffusionSamplerBase):
         target = self._record_target(target, inspect.currentframe())
         _positive("n_ipf", n_ipf, integer=True)
         _positive("phase_steps", phase_steps, integer=True)
-        self._build_sampler(target, "dds", n_steps, T, alpha, sigma_r, time_power, hidden, batch_size, lr, eval_samples)
+        self._build_sampler(target, kind, n_steps, T, alpha, sigma_r, time_power, hidden, batch_size, lr, eval_samples)
         self.backward_control = ControlNet(int(target.dim), hidden, float(T))  # zero output: the reference's kernels
         self.automatic_optimization = False
         self.ipf_history: list[dict[str, Any]] = []
@@ -99,12 +103,10 @@ class BridgeModule(DiffusionSamplerBase):
 
     def _load_dds(self, path: str) -> None:
         ckpt = safe_load(path)
-        hp = ckpt.get("hyper_parameters") or {}
-        if hp.get("kind", "dds") != "dds":
-            raise ValueError(f"init_from={path}: the Schrödinger bridge refines a DDS sampler, got kind={hp.get('kind')!r}")
+        hp = {"kind": "dds", **(ckpt.get("hyper_parameters") or {})}
         bad = [f"{k}: {hp.get(k)!r} vs {self.hparams[k]!r}" for k in _SHARED if hp.get(k) != self.hparams[k]]
         if bad:
-            raise ValueError(f"init_from={path}: DDS checkpoint does not match this bridge ({'; '.join(bad)})")
+            raise ValueError(f"init_from={path}: {hp['kind'].upper()} checkpoint does not match this bridge ({'; '.join(bad)})")
         state = {k[len("control."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("control.")}
         self.control.load_state_dict(state)
 
@@ -118,7 +120,7 @@ class BridgeModule(DiffusionSamplerBase):
         opt_f, opt_b = self.optimizers()
         g = self.step_generator(batch_idx, _TRAIN_STREAM)
         n = self.hparams.batch_size
-        if phase == "forward" and p == 0:  # plain DDS: reference backward kernels, lower-variance C + G
+        if phase == "forward" and p == 0:  # plain DDS/PIS: reference backward kernels, lower-variance C + G
             loss, opt = self.simulate(n, g).kl_terms.mean(), opt_f
         elif phase == "forward":  # half-bridge: Q_θ against π × B_φ, φ frozen
             loss, opt = path_log_ratio(self.simulate(n, g, keep_path=True), self.disc, self.backward_control).mean(), opt_f

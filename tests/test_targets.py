@@ -302,3 +302,55 @@ def test_bad_inputs_raise_clear_errors():
         LinearGaussianPosterior(prior, op, torch.tensor([0.0, float("nan")], dtype=F64), 0.1)
     with pytest.raises(ValueError, match="Gaussian prior"):
         LinearGaussianPosterior(GMMPrior(torch.ones(2), torch.zeros(2, 2), torch.eye(2).expand(2, 2, 2)), op, torch.zeros(2), 0.1)
+
+
+# ----------------------------------------------------------------------------- BOD posterior
+def _bod_log_density_numpy(theta1, theta2):
+    """The BOD model written again from its definition (numpy, scalar erf), independent of the target:
+    A = 0.4 + 0.4(1 + erf(θ₁/√2)), B = 0.01 + 0.15(1 + erf(θ₂/√2)), y_t = A(1 − e^{−Bt}) + N(0, 1e-3)."""
+    import numpy as np
+
+    erf = np.vectorize(math.erf)
+    A = 0.4 + 0.4 * (1 + erf(theta1 / math.sqrt(2)))
+    B = 0.01 + 0.15 * (1 + erf(theta2 / math.sqrt(2)))
+    lp = -0.5 * (theta1**2 + theta2**2) - math.log(2 * math.pi)
+    for t, y in zip((1, 2, 3, 4, 5), (0.18, 0.32, 0.42, 0.49, 0.54)):
+        lp = lp - 0.5 * (y - A * (1 - np.exp(-B * t))) ** 2 / 1e-3 - 0.5 * math.log(2 * math.pi * 1e-3)
+    return lp
+
+
+def test_bod_log_density_evidence_and_moments_against_trapezoid_quadrature():
+    """Catches: a wrong link (e.g. 0.4 instead of 0.8 for A's range), noise variance used as a std, a missing
+    normaliser (log Z off by a constant). The quadrature is a trapezoid rule on another grid, in numpy."""
+    import numpy as np
+
+    from diffpost.targets import BiochemicalOxygenDemand
+
+    t = BiochemicalOxygenDemand()
+    pts = randn((50, 2), make_generator(0), dtype=torch.float64)
+    ref = _bod_log_density_numpy(pts[:, 0].numpy(), pts[:, 1].numpy())
+    assert np.allclose(t.log_prob(pts).numpy(), ref, rtol=0, atol=1e-9)
+    g = np.linspace(-6, 6, 1001)
+    X, Y = np.meshgrid(g, g, indexing="ij")
+    lp = _bod_log_density_numpy(X, Y)
+    m = lp.max()
+    w = np.trapezoid(np.trapezoid(np.exp(lp - m), g, axis=1), g)
+    assert abs(m + math.log(w) - t.log_Z) < 1e-6
+    p = np.exp(lp - m) / w
+    mean = [np.trapezoid(np.trapezoid(p * X, g, axis=1), g), np.trapezoid(np.trapezoid(p * Y, g, axis=1), g)]
+    assert np.allclose(t.posterior_mean.numpy(), mean, atol=1e-6)
+    cxy = np.trapezoid(np.trapezoid(p * (X - mean[0]) * (Y - mean[1]), g, axis=1), g)
+    assert abs(float(t.posterior_cov[0, 1]) - cxy) < 1e-6 and cxy < -0.1  # the banana's negative correlation
+
+
+def test_bod_gradient_drives_mala_to_the_quadrature_moments():
+    """MALA (autograd gradient of the target) against the quadrature mean and covariance: catches a
+    gradient that disagrees with the density (e.g. a detached erf) as well as a wrong density."""
+    from diffpost.samplers.langevin import mala
+    from diffpost.targets import BiochemicalOxygenDemand
+
+    t = BiochemicalOxygenDemand()
+    x, info = mala(t, 2000, step=0.05, n_steps=200, n_burnin=300, generator=make_generator(1))
+    se = (torch.diagonal(t.posterior_cov) / 2000).sqrt()
+    assert bool(((x.mean(0) - t.posterior_mean).abs() < 5 * se).all()), (x.mean(0), t.posterior_mean)
+    assert float(torch.linalg.norm(torch.cov(x.T) - t.posterior_cov) / torch.linalg.norm(t.posterior_cov)) < 0.1

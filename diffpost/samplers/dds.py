@@ -27,12 +27,14 @@ Hence (``E[S] = 0`` since ``ε_k`` is independent of ``u_k``):
     ``log Ẑ = logsumexp(log w) − log N`` (Ẑ unbiased, log Ẑ biased low by about Var(w)/(2N Z²)).
 With ``u ≡ 0`` and ``π = P_K``: ``C = S = 0``, ``G = −log Z``: every weight equals ``Z``.
 
-Schrödinger-bridge refinement (``path_log_ratio``): replace the reference's backward kernels by learned
-Gaussian ones ``B_φ(y_k | y_{k+1}) = N(a_k y_{k+1} + β_k² v_φ(y_{k+1}, t_{k+1}), σ_r² β_k² I)`` and the
-target path measure by ``π(Y_K) Π_k B_φ``. Then ``log dQ/d(π × B_φ) = R + log Z`` with
-    ``R = log N(Y_0; 0, s_0²) + Σ_k [log q_k − log B_φ,k] − log π̃(Y_K)``,
-again ``E_Q[R] + log Z ≥ KL(Q_K||π)`` and ``log w = −R``. For ``v ≡ 0`` (DDS reference, reversible)
-``R = C + S + G`` exactly. Minimising ``E_Q[R]`` over ``φ`` with paths held fixed is maximum likelihood
+Schrödinger-bridge refinement (``path_log_ratio``): replace the reference's backward kernels
+``N(c_k y_{k+1}, w_k² I)`` (``backward_kernels``: DDS ``c_k = a_k``, ``w_k = σ_r β_k``; PIS a Brownian bridge
+back to 0) by learned Gaussian ones ``B_φ(y_k | y_{k+1}) = N(c_k y_{k+1} + β_k² v_φ(y_{k+1}, t_{k+1}), w_k² I)``
+and the target path measure by ``π(Y_K) Π_k B_φ``. Then ``log dQ/d(π × B_φ) = R + log Z`` with
+    ``R = log N(Y_0; 0, s_0²) + Σ_k [log q_k − log B_φ,k] − log π̃(Y_K)``
+(for PIS, ``Y_0 = 0`` under both measures: no start term and no kernel back to it), again
+``E_Q[R] + log Z ≥ KL(Q_K||π)`` and ``log w = −R``. For ``v ≡ 0`` (the reference's own kernels)
+``R = C + S + G`` exactly, for DDS and PIS alike. Minimising ``E_Q[R]`` over ``φ`` with paths held fixed is maximum likelihood
 of the backward kernels (mean matching); over ``θ`` with ``φ`` fixed it is the forward half-bridge.
 Alternating the two is iterative proportional fitting (IPF) as coordinate descent on one bound.
 
@@ -53,7 +55,7 @@ from diffpost.random import GeneratorLike, randn
 from diffpost.samplers.errors import SamplerDivergedError, check_finite
 
 __all__ = [
-    "Control", "Discretisation", "Paths", "SamplerDivergedError", "dds_discretisation", "effective_sample_size",
+    "Control", "Discretisation", "Paths", "SamplerDivergedError", "backward_kernels", "dds_discretisation", "effective_sample_size",
     "gaussian_log_density", "log_evidence", "path_log_ratio", "pis_discretisation", "simulate", "target_log_prob",
     "target_score", "time_grid",
 ]
@@ -260,39 +262,59 @@ def simulate(
     return Paths(y, C, S, G, lp, noise, path, score_path)
 
 
+def backward_kernels(disc: Discretisation) -> tuple[list[float], list[float]]:
+    """Mean factor ``c_k`` and std ``w_k`` of the reference's own backward kernels
+    ``P(y_k | y_{k+1}) = N(c_k y_{k+1}, w_k² I)``: for ``Y_{k+1} = a_k Y_k + σ_r β_k ε`` with marginal
+    variances ``v_k``, ``c_k = a_k v_k / v_{k+1}`` and ``w_k² = σ_r² β_k² v_k / v_{k+1}`` (Gaussian
+    conditioning). DDS (stationary, ``v_k = σ_r²``): ``c_k = a_k``, ``w_k = σ_r β_k``; PIS: ``c_k = v_k/v_{k+1}``
+    (a Brownian bridge back to 0) and ``w_0 = 0``: ``P(y_0 | y_1) = δ_0``."""
+    v = disc.marginal_vars()
+    c = [a * v[k] / v[k + 1] for k, a in enumerate(disc.a)]
+    w = [disc.sigma_r * b * math.sqrt(v[k] / v[k + 1]) for k, b in enumerate(disc.beta)]
+    return c, w
+
+
 def path_log_ratio(paths: Paths, disc: Discretisation, backward: Control | None = None) -> torch.Tensor:
     """``R = log dQ/d(π̃ × B)`` per path ``(B,)`` for Gaussian backward kernels (module docstring).
 
-    ``backward(y_{k+1}, t_{k+1}, score_{k+1}) -> v`` (evaluated on all steps at once, ``(B·K, d)``);
-    ``None`` is the reference's own backward kernel (``v = 0``), for which ``R = C + S + G``.
-    ``E[R] + log Z ≥ KL(Q_K || π)`` and ``−R`` are importance log-weights. Needs ``keep_path=True``
-    paths and a Gaussian start (DDS; PIS starts from a point).
+    ``B_k(y_k | y_{k+1}) = N(c_k y_{k+1} + β_k² v(y_{k+1}, t_{k+1}), w_k² I)`` with the reference's own
+    ``(c_k, w_k)`` (``backward_kernels``); ``backward(y_{k+1}, t_{k+1}, score_{k+1}) -> v`` is evaluated on
+    all steps at once, ``(B·K, d)``; ``None`` is the reference's own kernel (``v = 0``), for which
+    ``R = C + S + G``. ``E[R] + log Z ≥ KL(Q_K || π)`` and ``−R`` are importance log-weights. Needs
+    ``keep_path=True`` paths. PIS starts from the point 0: its ``Y_0`` and the kernel back to it are the
+    same point mass under ``Q`` and ``π × B``, so neither enters ``R`` (and ``v`` at step 0 is unused).
     """
     if paths.path is None or paths.scores is None:
         raise ValueError("path_log_ratio needs paths simulated with keep_path=True")
-    if disc.init_std <= 0:
-        raise ValueError("path_log_ratio needs a Gaussian start (init_std > 0): PIS starts from a point")
     Y, eps = paths.path, paths.noise
     B, K1, d = Y.shape
     K = K1 - 1
     if K != disc.n_steps:
         raise ValueError(f"paths have {K} steps but the discretisation has {disc.n_steps}")
-    a = torch.tensor(disc.a, dtype=Y.dtype, device=Y.device).view(1, K, 1)
-    beta = torch.tensor(disc.beta, dtype=Y.dtype, device=Y.device).view(1, K, 1)
-    mean = a * Y[:, 1:]
+    c_list, w_list = backward_kernels(disc)
+    kw = dict(dtype=Y.dtype, device=Y.device)
+    c = torch.tensor(c_list, **kw).view(1, K, 1)
+    beta = torch.tensor(disc.beta, **kw).view(1, K, 1)
+    mean = c * Y[:, 1:]
     if backward is not None:
-        t = torch.tensor(disc.times[1:], dtype=Y.dtype, device=Y.device).expand(B, K).reshape(-1)
+        t = torch.tensor(disc.times[1:], **kw).expand(B, K).reshape(-1)
         v = backward(Y[:, 1:].reshape(B * K, d), t, paths.scores[:, 1:].reshape(B * K, d))
         if not torch.is_tensor(v) or v.shape != (B * K, d):
             got = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
             raise ValueError(f"backward control returned {got}, expected {(B * K, d)}")
         mean = mean + beta.square() * v.view(B, K, d)
-    r = (Y[:, :-1] - mean) / (disc.sigma_r * beta)  # standardised backward residual
     e = eps[:, 1:]
-    # Σ_k (‖r_k‖² − ‖ε_k‖²)/2 as a product, to avoid cancelling two O(dK) sums
-    steps = 0.5 * ((r - e) * (r + e)).sum((1, 2))
-    # the kernels' log-normalisers cancel (equal covariances σ_r² β_k² I)
-    return gaussian_log_density(Y[:, 0], disc.init_std**2) + steps - paths.log_prob
+    live = [k for k, w in enumerate(w_list) if w > 0]  # PIS: no kernel back to the start point
+    w = torch.tensor([w_list[k] for k in live], **kw).view(1, -1, 1)
+    r = (Y[:, live] - mean[:, live]) / w  # standardised backward residuals
+    el = e[:, live]
+    # log q_k − log B_k = (‖r_k‖² − ‖ε_k‖²)/2 + d log(w_k / (σ_r β_k)); the product form avoids cancelling two O(dK) sums
+    steps = 0.5 * ((r - el) * (r + el)).sum((1, 2))
+    steps = steps + d * sum(math.log(w_list[k] / (disc.sigma_r * disc.beta[k])) for k in live)
+    for k in (k for k in range(K) if w_list[k] == 0):  # log q_k alone (its Gaussian density)
+        steps = steps - 0.5 * e[:, k].square().sum(1) - d * math.log(disc.sigma_r * disc.beta[k]) - 0.5 * d * math.log(2 * math.pi)
+    start = gaussian_log_density(Y[:, 0], disc.init_std**2) if disc.init_std > 0 else 0.0
+    return start + steps - paths.log_prob
 
 
 # ---------------------------------------------------------------------------------------- estimators

@@ -1,7 +1,8 @@
 """Unnormalised densities with known answers for samplers of posteriors known up to a constant
 (METHODS §6): linear-Gaussian and GMM posteriors, 2-D mixtures, Neal's funnel, Bayesian logistic
-regression and a Gaussian-random-field image posterior."""
+regression, the biochemical-oxygen-demand posterior and a Gaussian-random-field image posterior."""
 from diffpost.targets.base import EvalCounter, Target
+from diffpost.targets.bod import BiochemicalOxygenDemand
 from diffpost.targets.gaussian import GaussianMixture, GMMPosterior, LinearGaussianPosterior, mixture_of
 from diffpost.targets.image import ImagePosterior
 from diffpost.targets.logistic import (
@@ -15,6 +16,7 @@ from diffpost.targets.toy import FortyMode2D, FourMode2D, Funnel
 __all__ = [
     "Target",
     "EvalCounter",
+    "BiochemicalOxygenDemand",
     "GaussianMixture",
     "GMMPosterior",
     "LinearGaussianPosterior",
