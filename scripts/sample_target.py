@@ -282,7 +282,9 @@ def run(*, checkpoint: str, output: str, n: int = 10000, batch_size: int | None 
                 object.__setattr__(module, "target", target)
     metrics = sample_metrics(target, x, log_w, seed=seed, reference_samples=reference_samples, mmd_points=mmd_points)
     hp = dict(module.hparams)
-    kind = "bridge" if hasattr(module, "backward_control") else hp.get("kind", "dds")
+    kind = hp.get("kind", "dds")
+    if hasattr(module, "backward_control"):  # the Schrödinger-bridge refinement of DDS or PIS
+        kind = "bridge" if kind == "dds" else "bridge_pis"
     metrics.update({
         "wall_time_s": wall,
         "time_per_sample_s": wall / n,

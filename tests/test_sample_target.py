@@ -231,17 +231,23 @@ def test_command_line_exit_status(ckpts):
 
 def test_benchmark_reuses_the_metrics_and_figure_helpers(tmp_path):
     """scripts/benchmark.py unnormalised (which calls sample_metrics with fixed reference samples and
-    plot_samples_2d with a shared frame), tiny: exact, ULA and rdMC on the four-mode target, one seed."""
+    plot_samples_2d with a shared frame), tiny: exact and ULA on the four-mode target (table 1), and
+    table 2 on the BOD posterior: rdMC at its defaults, then ULA and MALA given exactly rdMC's cost."""
     spec = importlib.util.spec_from_file_location("diffpost_benchmark_dispatcher", REPO / "scripts" / "benchmark.py")
     dispatcher = importlib.util.module_from_spec(spec)  # by path: PyPI has unrelated `benchmark` packages
     spec.loader.exec_module(dispatcher)
     out, fig = tmp_path / "b.json", tmp_path / "b.png"
-    rc = dispatcher.main(["unnormalised", "--quick", "--targets", "four_mode", "--samplers", "exact", "ula", "rdmc",
-                          "--seeds", "1", "--high-budget", "0", "--n-samples", "200", "--out", str(out), "--figure", str(fig)])
+    rc = dispatcher.main(["unnormalised", "--quick", "--targets", "four_mode", "--samplers", "exact", "ula",
+                          "--rdmc-targets", "bod", "--rdmc-samples", "20", "--n-reference", "200",
+                          "--n-samples", "200", "--out", str(out), "--figure", str(fig)])
     assert rc == 0 and fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rep = json.loads(out.read_text())
     runs = {s: v["runs"][0] for s, v in rep["targets"]["four_mode"]["samplers"].items()}
-    assert set(runs) == {"exact", "ula", "rdmc"}
-    assert runs["ula"]["evals_per_sample"] == 32 and runs["rdmc"]["evals_per_sample"] <= 32
+    assert set(runs) == {"exact", "ula"}
+    assert runs["ula"]["evals_per_sample"] == 32
     assert sum(runs["exact"]["mode_masses"]) == pytest.approx(1.0) and runs["exact"]["mode_mass_error"] < 0.1
-    assert rep["markdown"].count("| four_mode |") == 3
+    assert rep["markdown"].count("| four_mode |") == 2
+    t2 = {s: v["runs"][0] for s, v in rep["rdmc"]["bod"]["samplers"].items()}
+    assert t2["ula"]["evals_per_sample"] == round(t2["rdmc"]["evals_per_sample"])  # equal budget, seed by seed
+    assert t2["mala"]["evals_per_sample"] == round(t2["rdmc"]["evals_per_sample"])
+    assert rep["markdown_rdmc"].count("| bod |") == 3

@@ -1,33 +1,33 @@
 """``python scripts/benchmark.py unnormalised``: samplers of densities known up to a constant (METHODS §6).
 
-Every sampler on every target at a matched budget of evaluations per sample, over several seeds:
+Table 1, every sampler on every target at a matched budget of evaluations per sample, over seeds:
 
 - ULA, MALA (per-chain step adaptation in the first half), started at ``N(0, scale² I)``; sample ``i``
   is the last state of chain ``i``; one evaluation = one gradient (MALA: density and gradient together);
-- rdMC (``inner="auto"``: importance sampling for forward time ``s > 0.3``, ULA chains below), counting
-  every inner density/gradient evaluation;
 - DDS and PIS (``lightning_modules.dds.DDSModule``, trained per target and seed): ``K`` network and
   ``K`` gradient evaluations plus one density per sample at sampling (``2K + 1 ≤ budget``); training
   cost (steps × paths × evaluations, seconds) is reported separately; optionally the Schrödinger-bridge
-  refinement (``--bridge``, ``BridgeModule`` warm-started by IPF from scratch);
+  refinement of DDS (``--bridge``) and of PIS (``--bridge-pis``), ``BridgeModule`` by IPF from scratch;
 - ``exact``: the target's own sampler, the Monte Carlo floor of each metric at this sample size.
+
+Table 2, rdMC at its DEFAULT settings (its inner sample sizes follow from its tolerance, so its cost is
+an output) against ULA and MALA given the same number of evaluations per sample (rdMC's measured
+cost, seed by seed), on ``--rdmc-targets``.
 
 Targets: the 2-D four-mode mixture at radius 8 (where ULA misses modes), the 40-mode mixture, Neal's
 funnel (d = 10), a linear-Gaussian posterior (d = 10), a GMM posterior (d = 6, three modes with mass),
 Bayesian logistic regression (d = 6; reference samples from long MALA runs, log Z by importance
-sampling from the Laplace approximation) and a 32² Gaussian-random-field deblurring posterior
-(d = 1024; ULA, MALA, rdMC). Metrics (``diffpost.metrics``): sliced W2 and MMD² against reference
-samples, per-mode mass error (largest over modes, nearest-mode assignment), |log Ẑ − log Z| where the
-method estimates Z, ESS (importance ESS fraction for DDS/PIS/bridge; for ULA/MALA the autocorrelation
-ESS per kept draw of the second half of the chains, smallest over coordinates), the RMS error of the
-sample mean, wall time. A second table repeats ULA/MALA/rdMC on the four-mode target at a large budget
-(25 000 evaluations per sample, the rdMC paper's regime), with rdMC's ULA-only inner loop beside
-(``--high-targets`` adds others).
+sampling from the Laplace approximation), the 2-D biochemical-oxygen-demand posterior (reference: long
+MALA runs; log Z by quadrature) and a 32² Gaussian-random-field deblurring posterior (d = 1024; ULA,
+MALA). Metrics (``diffpost.metrics``): sliced W2 and MMD² against reference samples, per-mode mass error
+(largest over modes, nearest-mode assignment), |log Ẑ − log Z| where the method estimates Z, ESS
+(importance ESS fraction for DDS/PIS/bridge; for ULA/MALA the autocorrelation ESS per kept draw of the
+second half of the chains, smallest over coordinates), the RMS error of the sample mean, wall time.
 
 Prints markdown, writes JSON and a PNG grid of samples over the true density for the 2-D targets.
 
-    python scripts/benchmark.py unnormalised --quick          # a few minutes on 2 CPU cores
-    python scripts/benchmark.py unnormalised                  # default (~20 minutes on a loaded 2-core CPU)
+    python scripts/benchmark.py unnormalised --quick          # small sizes, one seed: minutes on 2 CPU cores
+    python scripts/benchmark.py unnormalised                  # default (about an hour on a loaded 2-core CPU)
     python scripts/benchmark.py unnormalised --targets four_mode funnel --samplers ula mala dds --seeds 5
 """
 from __future__ import annotations
@@ -51,10 +51,12 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SAMPLERS = ("exact", "ula", "mala", "rdmc", "dds", "pis", "bridge")
-TARGETS = ("four_mode", "forty_mode", "funnel", "linear_gaussian", "gmm_posterior", "logistic", "image")
+SAMPLERS = ("exact", "ula", "mala", "dds", "pis", "bridge", "bridge_pis")
+TARGETS = ("four_mode", "forty_mode", "funnel", "linear_gaussian", "gmm_posterior", "logistic", "bod", "image")
 #: samplers whose cost at d = 1024 is out of reach here (training backpropagates through K target gradients)
-IMAGE_SAMPLERS = ("exact", "ula", "mala", "rdmc")
+IMAGE_SAMPLERS = ("exact", "ula", "mala")
+#: table 2's targets (rdMC at its defaults against ULA/MALA at its cost)
+RDMC_TARGETS = ("four_mode", "linear_gaussian", "funnel", "gmm_posterior", "logistic", "bod")
 REFERENCE_SEED = 10_000  # the reference samples do not change with --seeds
 
 
@@ -86,10 +88,10 @@ class Case:
 def make_case(name: str, n_samples: int, n_image: int) -> Case:
     from diffpost.operators import Blur
     from diffpost.priors import GaussianRandomField
-    from diffpost.targets import (FortyMode2D, FourMode2D, Funnel, SyntheticGMMPosterior, SyntheticImagePosterior,
-                                  SyntheticLinearGaussianPosterior, SyntheticLogisticRegression)
+    from diffpost.targets import (BiochemicalOxygenDemand, FortyMode2D, FourMode2D, Funnel, SyntheticGMMPosterior,
+                                  SyntheticImagePosterior, SyntheticLinearGaussianPosterior, SyntheticLogisticRegression)
 
-    every = tuple(s for s in SAMPLERS if s != "bridge") + ("bridge",)
+    every = SAMPLERS
     if name == "four_mode":
         t = FourMode2D(8.0)
         return Case(name, t, 8.0, 0.2 / t.lipschitz, n_samples, every)
@@ -107,6 +109,8 @@ def make_case(name: str, n_samples: int, n_image: int) -> Case:
     if name == "logistic":
         t = SyntheticLogisticRegression(n_data=200, n_features=5, seed=0)
         return Case(name, t, 1.0, 0.2 / t.lipschitz, n_samples, every)
+    if name == "bod":  # no global Lipschitz constant; MALA adapts its step, ULA uses this one
+        return Case(name, BiochemicalOxygenDemand(), 1.0, 0.01, n_samples, every)
     if name == "image":
         t = SyntheticImagePosterior(GaussianRandomField((1, 32, 32), tau=3.0, s=2.0),
                                     Blur((1, 32, 32), kernel_size=5, blur_sigma=1.0), sigma_y=0.05, seed=0)
@@ -115,8 +119,9 @@ def make_case(name: str, n_samples: int, n_image: int) -> Case:
 
 
 def prepare_reference(case: Case, n_ref: int) -> None:
-    """Reference samples: exact where the target has a sampler; logistic regression: the last states
-    of long MALA chains, and log Z by importance sampling from the Laplace approximation."""
+    """Reference samples: exact where the target has a sampler; otherwise (logistic regression, BOD) the
+    last states of long MALA chains, and log Z from the target (BOD: quadrature) or by importance
+    sampling from the Laplace approximation."""
     from diffpost.random import make_generator
 
     t = case.target
@@ -131,6 +136,12 @@ def prepare_reference(case: Case, n_ref: int) -> None:
     n_burn, n_keep = 1000, 500  # d = 6, adapted steps: mixes in a few hundred steps
     x, info = mala(t, n_ref, step=case.step, n_steps=n_keep, n_burnin=n_burn, generator=make_generator(REFERENCE_SEED))
     case.reference = x
+    if t.log_Z is not None:
+        case.ref_log_Z = t.log_Z
+        case.ref_info = {"reference": f"MALA, {n_ref} chains x ({n_burn} burn-in + {n_keep}) steps, last states",
+                         "mala_acceptance": info["acceptance"], "log_Z_method": "the target's (quadrature)",
+                         "seconds": time.perf_counter() - t0, "n": n_ref}
+        return
     # log Z: Laplace proposal N(w*, H⁻¹) at the MAP (Newton), 200 000 draws
     w = x.mean(0, keepdim=True)
     for _ in range(30):
@@ -214,27 +225,20 @@ def run_mala(case: Case, budget: int, seed: int) -> Run:
                extra={"acceptance": info["acceptance"]})
 
 
-def rdmc_settings(budget: int) -> dict[str, int]:
-    """Split ``budget`` over ``n_outer`` outer steps and the final draw: ``b`` evaluations each (IS
-    proposals, or ULA chains × steps)."""
-    n_outer = min(25, max(4, round(math.sqrt(budget) / 2)))
-    b = max(2, budget // (n_outer + 1))
-    steps = max(2, min(100, b // 2))
-    return {"n_outer": n_outer, "n_is_samples": b, "ula_steps": steps, "n_inner_samples": max(1, b // steps)}
+def run_rdmc(case: Case, seed: int) -> Run:
+    """rdMC at its defaults; its cost (evaluations per sample) is measured, not set."""
+    import warnings
 
-
-def run_rdmc(case: Case, budget: int, seed: int, inner: str = "auto") -> Run:
     from diffpost.random import make_generator
-    from diffpost.samplers.rdmc import rdmc
+    from diffpost.samplers.rdmc import InnerBudgetWarning, rdmc
 
-    cfg = rdmc_settings(budget)
-    if inner == "ula":  # all steps ULA: chains × steps per outer step
-        cfg["n_is_samples"] = cfg["n_inner_samples"]
-    step = None if case.target.lipschitz is not None else case.step
     t0 = time.perf_counter()
-    x, info = rdmc(case.target, case.n_samples, generator=make_generator(seed), inner=inner, ula_step=step, **cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InnerBudgetWarning)  # reported as cap_hits
+        x, info = rdmc(case.target, case.n_samples, generator=make_generator(seed))
     secs = time.perf_counter() - t0
-    return Run(x, secs, info["evals_per_sample"], extra={"settings": cfg})
+    return Run(x, secs, info["evals_per_sample"], extra={"cap_hits": info["cap_hits"], "inner_estimates": info["n_estimates"],
+                                                          "inner": "".join(b[0] for b in info["inner"])})
 
 
 def train_diffusion_sampler(case: Case, kind: str, seed: int, *, n_steps: int, train_steps: int, batch: int,
@@ -250,9 +254,10 @@ def train_diffusion_sampler(case: Case, kind: str, seed: int, *, n_steps: int, t
     common = dict(n_steps=n_steps, T=1.0, alpha=alpha, hidden=hidden, batch_size=batch, eval_samples=64, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # network initialisation
-        if kind == "bridge":
-            module = BridgeModule(case.target, sigma_r=case.scale, time_power=2.0, lr=2e-3, n_ipf=1,
-                                  phase_steps=bridge_phase_steps, **common)
+        if kind in ("bridge", "bridge_pis"):
+            ref = "dds" if kind == "bridge" else "pis"
+            module = BridgeModule(case.target, kind=ref, sigma_r=case.scale if ref == "dds" else case.scale / alpha,
+                                  time_power=2.0, lr=2e-3, n_ipf=1, phase_steps=bridge_phase_steps, **common)
             max_steps = module.total_steps
         else:
             # PIS: Brownian motion from 0 with terminal std σ_r α √T = scale
@@ -262,7 +267,7 @@ def train_diffusion_sampler(case: Case, kind: str, seed: int, *, n_steps: int, t
             max_steps = train_steps
         trainer = pl.Trainer(max_steps=max_steps, max_epochs=1, accelerator="cpu", devices=1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=None if kind == "bridge" else 1.0)
+                             limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=None if kind.startswith("bridge") else 1.0)
         t0 = time.perf_counter()
         trainer.fit(module)
         secs = time.perf_counter() - t0
@@ -277,7 +282,7 @@ def run_diffusion(case: Case, kind: str, seed: int, budget: int, train_steps: in
     from diffpost.targets import EvalCounter
 
     K = max(1, (budget - 1) // 2)
-    if kind == "bridge":
+    if kind.startswith("bridge"):
         K = max(1, (budget - 1) // 3)  # the backward network is evaluated along the path for the weights
     module, cost = train_diffusion_sampler(case, kind, seed, n_steps=K, train_steps=train_steps, batch=batch,
                                            hidden=hidden, bridge_phase_steps=bridge_phase_steps)
@@ -285,7 +290,7 @@ def run_diffusion(case: Case, kind: str, seed: int, budget: int, train_steps: in
     counter = EvalCounter(module.target)
     object.__setattr__(module, "target", counter)
     rows = {"n": 0}
-    nets = [module.control] + ([module.backward_control] if kind == "bridge" else [])
+    nets = [module.control] + ([module.backward_control] if kind.startswith("bridge") else [])
     hooks = [m.register_forward_hook(lambda m, i, o: rows.__setitem__("n", rows["n"] + i[0].shape[0])) for m in nets]
     t0 = time.perf_counter()
     x, log_w = module.sample(case.n_samples, seed=seed)
@@ -407,26 +412,59 @@ def _write_json(path: Path, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def run_rdmc_table(targets, cases, n_samples, n_image, n_ref, n_rdmc, seeds, st, mmd_points, report, t_start):
+    """Table 2: per target and seed, rdMC at its defaults, then ULA and MALA with the budget rdMC used."""
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for tname in targets:
+        if tname not in cases:
+            cases[tname] = make_case(tname, n_samples, n_image)
+            prepare_reference(cases[tname], n_ref if tname != "image" else min(n_ref, 2000))
+        base = cases[tname]
+        case = Case(base.name, base.target, base.scale, base.step, n_rdmc, base.samplers, base.reference, base.ref_log_Z,
+                    base.ref_info)
+        rows: dict[str, list[dict[str, Any]]] = {"rdmc": [], "ula": [], "mala": []}
+        for seed in range(seeds):
+            try:
+                run = run_rdmc(case, seed)
+            except Exception as e:  # noqa: BLE001 - a diverging sampler is a result, not a crash
+                rows["rdmc"].append({"seed": seed, "failed": f"{type(e).__name__}: {str(e)[:200]}"})
+                continue
+            rows["rdmc"].append({"seed": seed, **evaluate(case, run, st.sample_metrics, seed, mmd_points)})
+            budget = max(3, round(run.evals))
+            for sname, fn in (("ula", run_ula), ("mala", run_mala)):
+                try:
+                    rows[sname].append({"seed": seed, **evaluate(case, fn(case, budget, seed), st.sample_metrics, seed, mmd_points)})
+                except Exception as e:  # noqa: BLE001
+                    rows[sname].append({"seed": seed, "failed": f"{type(e).__name__}: {str(e)[:200]}"})
+        out[tname] = rows
+        for sname, r in rows.items():
+            print(f"[{time.perf_counter() - t_start:6.0f}s]   {tname} (rdMC's cost): {sname:5s} " + ", ".join(
+                f"{c} {_fmt([x.get(k) for x in r])}" for k, c in COLUMNS[:3] + COLUMNS[6:7] if any(x.get(k) is not None for x in r)), flush=True)
+        report["rdmc"][tname] = {"n_samples": n_rdmc, "samplers": {s: {"runs": r, "summary": aggregate(r)} for s, r in rows.items()}}
+    return out
+
+
 # ================================================================================ main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmark.py unnormalised", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small budgets and sample sizes: a few minutes on 2 CPU cores")
+    p.add_argument("--quick", action="store_true", help="small budgets and sample sizes, one seed: minutes on 2 CPU cores")
     p.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
     p.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=None,
-                   help="default: all but the bridge (add it with --bridge)")
-    p.add_argument("--bridge", action="store_true", help="add the Schrödinger-bridge refinement (BridgeModule)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per (target, sampler) (default 3)")
+                   help="default: all but the bridges (add them with --bridge, --bridge-pis)")
+    p.add_argument("--bridge", action="store_true", help="add the Schrödinger-bridge refinement of DDS (BridgeModule)")
+    p.add_argument("--bridge-pis", action="store_true", help="add the Schrödinger-bridge refinement of PIS")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per (target, sampler) (default 3; quick 1)")
     p.add_argument("--budget", type=int, default=None, help="evaluations per sample (default 128; quick 32)")
     p.add_argument("--n-samples", type=int, default=None, help="samples per run (default 1000; quick 400)")
     p.add_argument("--n-image", type=int, default=None, help="samples per run on the image posterior (default 64; quick 32)")
     p.add_argument("--train-steps", type=int, default=None, help="DDS/PIS optimiser steps (default 150; quick 30)")
     p.add_argument("--train-batch", type=int, default=128, help="DDS/PIS paths per training step (default 128)")
     p.add_argument("--hidden", type=int, default=64, help="control network width (default 64)")
-    p.add_argument("--high-budget", type=int, default=None,
-                   help="evaluations per sample of the second table (ULA/MALA/rdMC; default 25000; quick 2000; 0 skips it)")
-    p.add_argument("--high-targets", nargs="+", choices=TARGETS, default=["four_mode"],
-                   help="targets of the second table (default four_mode; they must be among --targets)")
+    p.add_argument("--rdmc-targets", nargs="*", choices=TARGETS, default=None,
+                   help="targets of table 2, rdMC at its defaults vs ULA/MALA at its cost (default "
+                        f"{' '.join(RDMC_TARGETS)}; quick four_mode linear_gaussian funnel bod; none: skip)")
+    p.add_argument("--rdmc-samples", type=int, default=None, help="samples per run in table 2 (default 500; quick 200)")
     p.add_argument("--n-reference", type=int, default=None, help="reference samples (default 5000; quick 2000)")
     p.add_argument("--mmd-points", type=int, default=1000, help="points per sample set in the MMD (default 1000)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
@@ -442,15 +480,19 @@ def main(argv: list[str] | None = None) -> int:
     n_samples = args.n_samples or (400 if q else 1000)
     n_image = args.n_image or (32 if q else 64)
     train_steps = args.train_steps or (30 if q else 150)
-    high = (2000 if q else 25000) if args.high_budget is None else args.high_budget
+    seeds = args.seeds or (1 if q else 3)
+    rdmc_targets = list(RDMC_TARGETS if not q else ("four_mode", "linear_gaussian", "funnel", "bod")) \
+        if args.rdmc_targets is None else args.rdmc_targets
+    n_rdmc = args.rdmc_samples or (200 if q else 500)
     n_ref = args.n_reference or (2000 if q else 5000)
     stem = "runs/benchmark_unnormalised" + ("_quick" if q else "")
     args.out = args.out or stem + ".json"
     args.figure = args.figure or stem + ".png"
-    samplers = list(args.samplers or [s for s in SAMPLERS if s != "bridge"])
-    if args.bridge and "bridge" not in samplers:
-        samplers.append("bridge")
-    if min(budget, n_samples, n_image, train_steps, args.seeds, n_ref, args.threads) < 1 or budget < 3:
+    samplers = list(args.samplers or [s for s in SAMPLERS if not s.startswith("bridge")])
+    for flag, name in ((args.bridge, "bridge"), (args.bridge_pis, "bridge_pis")):
+        if flag and name not in samplers:
+            samplers.append(name)
+    if min(budget, n_samples, n_image, train_steps, seeds, n_ref, n_rdmc, args.threads) < 1 or budget < 3:
         print("benchmark.py unnormalised: budgets, sizes, steps and seeds must be positive (budget >= 3)", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
@@ -465,15 +507,15 @@ def main(argv: list[str] | None = None) -> int:
     st = _script("sample_target")
     t_start = time.perf_counter()
     settings = {"budget": budget, "n_samples": n_samples, "n_image": n_image, "train_steps": train_steps,
-                "train_batch": args.train_batch, "hidden": args.hidden, "seeds": args.seeds, "high_budget": high,
-                "n_reference": n_ref, "mmd_points": args.mmd_points, "samplers": samplers, "targets": args.targets,
-                "rdmc": rdmc_settings(budget), "bridge_phase_steps": max(1, train_steps // 2)}
+                "train_batch": args.train_batch, "hidden": args.hidden, "seeds": seeds, "rdmc_targets": rdmc_targets,
+                "rdmc_samples": n_rdmc, "n_reference": n_ref, "mmd_points": args.mmd_points, "samplers": samplers,
+                "targets": args.targets, "bridge_phase_steps": max(1, train_steps // 2)}
     report: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
                     "threads": torch.get_num_threads(), "load_average_start": os.getloadavg(), "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "settings": settings, "command": " ".join(["python scripts/benchmark.py unnormalised", *(sys.argv[1:] if argv is None else argv)]),
-        "targets": {}, "high_budget": {}}
+        "targets": {}, "rdmc": {}}
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     figure_samples: dict[str, dict[str, torch.Tensor]] = {}
     cases: dict[str, Case] = {}
@@ -488,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             if sname not in case.samplers or (sname == "exact" and not case.target.has("sample")):
                 continue
             rows = []
-            for seed in range(args.seeds):
+            for seed in range(seeds):
                 try:
                     if sname == "exact":
                         run = run_exact(case, seed)
@@ -496,8 +538,6 @@ def main(argv: list[str] | None = None) -> int:
                         run = run_ula(case, budget, seed)
                     elif sname == "mala":
                         run = run_mala(case, budget, seed)
-                    elif sname == "rdmc":
-                        run = run_rdmc(case, budget, seed)
                     else:
                         run = run_diffusion(case, sname, seed, budget, train_steps, args.train_batch, args.hidden,
                                             settings["bridge_phase_steps"])
@@ -514,43 +554,21 @@ def main(argv: list[str] | None = None) -> int:
         report["targets"][tname] = {"dim": case.target.dim, "spec": _spec_or_none(case.target), "reference": case.ref_info,
                                     "log_Z": case.ref_log_Z, "samplers": {s: {"runs": r, "summary": aggregate(r)}
                                                                           for s, r in results[tname].items()}}
-    high_results: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    missing = [t for t in args.high_targets if t not in cases]
-    if high > 0 and missing:
-        print(f"benchmark.py unnormalised: --high-targets {' '.join(missing)} not among --targets; skipped", file=sys.stderr)
-    for tname in [t for t in args.high_targets if t in cases] if high > 0 else []:
-        base = cases[tname]
-        case = Case(base.name, base.target, base.scale, base.step, max(100, base.n_samples // 2), base.samplers,
-                    base.reference, base.ref_log_Z, base.ref_info)
-        high_results[tname] = {}
-        runners: dict[str, Callable[[int], Run]] = {
-            "ula": lambda s: run_ula(case, high, s), "mala": lambda s: run_mala(case, high, s),
-            "rdmc": lambda s: run_rdmc(case, high, s), "rdmc (ULA inner only)": lambda s: run_rdmc(case, high, s, inner="ula")}
-        for sname, fn in runners.items():
-            rows = []
-            for seed in range(args.seeds):
-                try:
-                    rows.append({"seed": seed, **evaluate(case, fn(seed), st.sample_metrics, seed, args.mmd_points)})
-                except Exception as e:  # noqa: BLE001
-                    rows.append({"seed": seed, "failed": f"{type(e).__name__}: {str(e)[:200]}"})
-            high_results[tname][sname] = rows
-            print(f"[{time.perf_counter() - t_start:6.0f}s]   {tname} at {high}: {sname:22s} " + ", ".join(
-                f"{c} {_fmt([r.get(k) for r in rows])}" for k, c in COLUMNS[:3] if any(r.get(k) is not None for r in rows)), flush=True)
-        report["high_budget"][tname] = {"budget": high, "n_samples": case.n_samples, "rdmc": rdmc_settings(high),
-                                        "samplers": {s: {"runs": r, "summary": aggregate(r)} for s, r in high_results[tname].items()}}
+    rdmc_results = run_rdmc_table(rdmc_targets, cases, n_samples, n_image, n_ref, n_rdmc, seeds, st, args.mmd_points,
+                                  report, t_start)
     report["seconds"] = time.perf_counter() - t_start
     report["machine"]["load_average_end"] = os.getloadavg()
 
-    print(f"\n## Samplers at {budget} evaluations per sample ({args.seeds} seeds, mean ± std; "
+    print(f"\n## Samplers at {budget} evaluations per sample ({seeds} seeds, mean ± std; "
           f"{n_samples} samples per run, image {n_image})\n")
     table = markdown(results)
     print(table)
     report["markdown"] = table
-    if high_results:
-        print(f"\n## ULA, MALA and rdMC at {high} evaluations per sample ({', '.join(high_results)})\n")
-        high_table = markdown(high_results)
-        print(high_table)
-        report["markdown_high_budget"] = high_table
+    if rdmc_results:
+        print(f"\n## rdMC at its defaults against ULA and MALA at rdMC's cost ({n_rdmc} samples per run)\n")
+        table2 = markdown(rdmc_results)
+        print(table2)
+        report["markdown_rdmc"] = table2
     _write_json(Path(args.out), report)
     fig_path = Path(args.figure)
     figure(fig_path, cases, figure_samples, st.plot_samples_2d)
