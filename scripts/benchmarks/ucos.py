@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -93,8 +92,9 @@ def exactness_table(steps_list, n: int, seed: int = 0):
     from diffpost.operators import Blur
     from diffpost.priors import GaussianPrior
     from diffpost.random import make_generator
-    from diffpost.samplers import CountingDenoiser, heun
-    from diffpost.samplers.dps import dps
+    from diffpost.samplers import heun
+    from diffpost.posterior.base import PriorModel
+    from diffpost.posterior.dps import DPS
     from diffpost.schedules import karras_sigmas
     from diffpost.ucos import GaussianAuxiliaryDenoiser, information_offset, posterior_denoiser
 
@@ -115,10 +115,11 @@ def exactness_table(steps_list, n: int, seed: int = 0):
         sig = karras_sigmas(k, 0.002, 80.0, 7.0, dtype=D)
         x = sig[0] * torch.randn((n, 1, 4, 4), generator=g, dtype=D)
         ucos = heun(posterior_denoiser(aux, b), x, sig).flatten(1)
-        den = CountingDenoiser(lambda z, s: prior.denoise(z, s))
+        model = PriorModel(denoiser=lambda z, s: prior.denoise(z, s), x_shape=(1, 4, 4), sigma_min=0.002, sigma_max=80.0,
+                           rho=7.0, dtype=D)
         zeta_err = {}
         for zeta in (0.05, 0.2, 1.0):
-            d = dps(den, x, sig, y.expand(n, -1, -1, -1), op, zeta=zeta, generator=g).flatten(1)
+            d = DPS(zeta=zeta)(model, op, y, sigma_y, num_steps=k, n_samples=n, generator=g).samples.reshape(n, -1)
             zeta_err[zeta] = ((d.mean(0) - mu).norm() / mu.norm()).item(), ((torch.cov(d.T) - cov).norm() / cov.norm()).item()
         best_zeta = min(zeta_err, key=lambda z: zeta_err[z][0])
         rows.append({"steps": k, "nfe_ucos": 2 * k - 1, "ucos_mean_err": ((ucos.mean(0) - mu).norm() / mu.norm()).item(),

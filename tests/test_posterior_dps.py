@@ -1,4 +1,4 @@
-"""DPS (``diffpost.samplers.dps.dps``) with the EXACT prior denoiser on the Gaussian oracle (METHODS §1,
+"""DPS (``diffpost.posterior.dps.DPS``) with the EXACT prior denoiser on the Gaussian oracle (METHODS §1,
 §4): DPS is approximate, so its bias is not asserted to vanish but pinned to a band recorded on this
 task (Blur 3×3 on 4×4 images, a random Gaussian prior, σ_y = 0.1, 100 Karras steps on [0.002, 80] to
 0, ancestral steps, 2000 chains). The closed-form posterior comes from a dense formula here.
@@ -21,9 +21,9 @@ import torch
 
 from diffpost.operators import Blur
 from diffpost.priors import GaussianPrior
+from diffpost.posterior.base import PriorModel
+from diffpost.posterior.dps import DPS
 from diffpost.random import make_generator
-from diffpost.samplers.dps import dps
-from diffpost.schedules import karras_sigmas
 
 pytestmark = pytest.mark.usefixtures("no_global_rng")
 F64 = torch.float64
@@ -40,15 +40,14 @@ def gaussian_task():
     return op, prior, y
 
 
-def measure(dps_fn, zeta: float, seed: int, n: int = 2000) -> dict[str, float]:
+def measure(method: DPS, seed: int, n: int = 2000) -> dict[str, float]:
     """Bias of the sample mean relative to the prior→posterior shift, variance ratio, mean residual."""
     op, prior, y = gaussian_task()
     A = op.to_dense()
     cov = torch.linalg.inv(torch.linalg.inv(prior.cov) + A.T @ A / SIGMA_Y**2)
     mu = cov @ (torch.linalg.solve(prior.cov, prior.mean.reshape(-1)) + A.T @ y.reshape(-1) / SIGMA_Y**2)
-    sigmas = karras_sigmas(100, 0.002, 80.0, 7.0, dtype=F64)
-    x = sigmas[0] * torch.randn((n, 1, 4, 4), generator=make_generator(seed), dtype=F64)
-    out = dps_fn(prior.denoise, x, sigmas, y.expand(n, *op.y_shape), op, zeta=zeta, generator=make_generator(seed + 100))
+    model = PriorModel(denoiser=prior.denoise, x_shape=(1, 4, 4), sigma_min=0.002, sigma_max=80.0, rho=7.0, dtype=F64)
+    out = method(model, op, y, SIGMA_Y, num_steps=100, n_samples=n, generator=make_generator(seed)).samples
     out = out.reshape(n, 16)
     return {"bias": float((out.mean(0) - mu).norm() / (mu - prior.mean.reshape(-1)).norm()),
             "var_ratio": float(torch.trace(torch.cov(out.T)) / torch.trace(cov)),
@@ -64,7 +63,7 @@ BANDS = [
 
 @pytest.mark.parametrize("zeta,bias,var_ratio,residual", BANDS)
 def test_dps_bias_on_the_gaussian_oracle_is_in_its_recorded_band(zeta, bias, var_ratio, residual):
-    m = measure(dps, zeta, seed=4)
+    m = measure(DPS(zeta=zeta), seed=4)
     assert bias[0] < m["bias"] < bias[1], m
     assert var_ratio[0] < m["var_ratio"] < var_ratio[1], m
     assert residual[0] < m["residual"] < residual[1], m
