@@ -7,6 +7,7 @@
     python scripts/benchmark.py oracle [options]         # every posterior method on exact posteriors
     python scripts/benchmark.py posterior [options]      # every posterior method on trained models, 6 tasks
     python scripts/benchmark.py rmp [options]            # RMP on exact oracles: error vs NFE, plug-in bias
+    python scripts/benchmark.py scale [options]          # CT/U-Net cost at 64²–512², UCoS preconditioners, UCoS vs DPS vs DiffPIR
     python scripts/benchmark.py <subcommand> --help
 
 Each subcommand is ``scripts/benchmarks/<name>.py`` with ``main(argv) -> int`` (adding a file adds the

@@ -50,7 +50,7 @@ def build(kind: str, op, sigma_y: float, rho0: float, rank: int):
         return DensePreconditioner(op.to(torch.float64), sigma_y, rho0)
     if kind == "circulant":
         return CirculantPreconditioner(op, sigma_y, rho0).build()
-    if kind == "lowrank_diagonal (auto)":
+    if kind == "lowrank_diagonal":
         return LowRankDiagonalPreconditioner(op, sigma_y, rho0).build()
     if kind == "randomized (float64, q=2)":
         return RandomizedSVDPreconditioner(op, sigma_y, rho0, rank=rank)
@@ -70,7 +70,7 @@ def apply_ms(pre, shape, repeats: int = 3) -> float:
     return best * 1e3
 
 
-KINDS = ("dense (exact)", "circulant", "lowrank_diagonal (auto)", "randomized (float64, q=2)")
+KINDS = ("dense (exact)", "circulant", "lowrank_diagonal", "randomized (float64, q=2)")
 
 
 def compare(size: int, n_angles: int, *, net_ms: float | None, sigma_y: float, quick: bool = False,

@@ -79,7 +79,7 @@ def run(minutes: float, *, quick: bool, sigma_y: float, log=print, workdir: str 
     nfe = 2 * steps - 1
     model = PriorModel(x_shape=op.x_shape, denoiser=prior.denoiser)
     best = None
-    for zeta in (0.3, 1.0, 3.0):  # tuned on validation measurements
+    for zeta in (0.3, 1.0, 3.0, 10.0):  # tuned on validation measurements
         o = DPS(zeta=zeta)(model, op, y_val[:2], sigma_y, num_steps=nfe, generator=make_generator(0))
         score = metrics("tune", o.samples, x_val[:2], nfe, 1.0)["psnr"]
         best = max(best or (score, zeta), (score, zeta))
