@@ -1,5 +1,7 @@
 """What every command-line script does the same way: one line per error, exit codes, signals.
 
+Importing this module loads neither torch nor Lightning, so a script installs its handlers first.
+
 - bad input (``ValueError``, ``TypeError``, ``OSError``, ``KeyError``: a missing file, a corrupt or
   mismatched checkpoint, a wrong shape) → ``<prog>: error: <one line>`` on stderr, exit status 2;
 - a diverging sampler (``SamplerDivergedError``) → one line, exit status 1;
@@ -14,8 +16,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-
-from diffpost.samplers.errors import SamplerDivergedError
 
 DEBUG_ENV = "DIFFPOST_DEBUG"
 #: exceptions that mean "the input is wrong", reported in one line
@@ -49,20 +49,18 @@ def one_line(e: BaseException) -> str:
 
 
 def run_main(prog: str, body: Callable[[], object], *, debug: bool = False, interrupted_note: str = "") -> int:
-    """Run ``body`` and turn its failures into one line on stderr and an exit status."""
+    """Run ``body`` (which should do its heavy imports itself, so that a signal during them is handled
+    too) and turn its failures into one line on stderr and an exit status."""
     try:
         body()
     except Interrupted as e:
         print(f"{prog}: {e}{interrupted_note}", file=sys.stderr)
         return 128 + e.signum
-    except SamplerDivergedError as e:
-        if debug:
+    except Exception as e:
+        from diffpost.samplers.errors import SamplerDivergedError  # here: importing this module stays cheap
+
+        if debug or not isinstance(e, (SamplerDivergedError, *INPUT_ERRORS)):
             raise
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-        return 1
-    except INPUT_ERRORS as e:
-        if debug:
-            raise
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(e, SamplerDivergedError) else 2
     return 0

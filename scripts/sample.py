@@ -95,12 +95,15 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = vars(build_parser().parse_args(argv))
     debug = args.pop("debug")
-    # imported here so that --help and argument errors answer at once
-    from lightning_modules.inference import run_inference
     from lightning_modules.script_support import debug_requested, run_main
 
-    return run_main("sample.py", lambda: run_inference(**args), debug=debug or debug_requested([]),
-                    interrupted_note="; nothing was written")
+    def body() -> None:
+        # imported here: --help and argument errors answer at once, and a signal during the import is handled
+        from lightning_modules.inference import run_inference
+
+        run_inference(**args)
+
+    return run_main("sample.py", body, debug=debug or debug_requested([]), interrupted_note="; nothing was written")
 
 
 def _quiet_lightning() -> None:

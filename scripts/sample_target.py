@@ -320,21 +320,28 @@ def run(*, checkpoint: str, output: str, n: int = 10000, batch_size: int | None 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0; 2 for bad input, 1 when the sampler diverges, 128 + signal on SIGTERM/SIGINT (one
+    line on stderr each, nothing written; ``DIFFPOST_DEBUG=1`` for the traceback)."""
     args = build_parser().parse_args(argv)
-    from diffpost.samplers.errors import SamplerDivergedError
+    from lightning_modules.script_support import debug_requested, run_main
 
-    try:
-        folder = run(**vars(args))
-    except InputError as e:
-        print(f"sample_target.py: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except SamplerDivergedError as e:
-        print(f"sample_target.py: error: the sampler diverged: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    m = json.loads((folder / "metrics.json").read_text())
+    done: dict[str, Path] = {}
+
+    def body() -> None:
+        from diffpost.samplers.errors import SamplerDivergedError
+
+        try:
+            done["folder"] = run(**vars(args))
+        except SamplerDivergedError as e:  # say which kind of failure this is, then the sampler's own line
+            raise SamplerDivergedError(f"the sampler diverged: {e}") from None
+
+    code = run_main("sample_target.py", body, debug=debug_requested([]), interrupted_note="; nothing was written")
+    if code:
+        return code
+    m = json.loads((done["folder"] / "metrics.json").read_text())
     summary = [f"log Ẑ = {m['log_Z_hat']:.4f}", f"ESS = {m['ess_fraction']:.3f}"]
     summary += [f"{k} = {m[k]:.4g}" for k in ("log_Z_error", "sw2", "mmd2", "mode_mass_error") if k in m]
-    print(f"wrote {folder}: " + ", ".join(summary))
+    print(f"wrote {done['folder']}: " + ", ".join(summary))
     return 0
 
 
@@ -346,4 +353,7 @@ def _quiet_lightning() -> None:
 
 if __name__ == "__main__":
     _quiet_lightning()
+    from lightning_modules.script_support import install_signal_handlers
+
+    install_signal_handlers()
     sys.exit(main())

@@ -251,3 +251,22 @@ def test_benchmark_reuses_the_metrics_and_figure_helpers(tmp_path):
     assert t2["ula"]["evals_per_sample"] == round(t2["rdmc"]["evals_per_sample"])  # equal budget, seed by seed
     assert t2["mala"]["evals_per_sample"] == round(t2["rdmc"]["evals_per_sample"])
     assert rep["markdown_rdmc"].count("| bod |") == 3
+
+
+def test_sigterm_stops_sampling_cleanly(ckpts, tmp_path):
+    """SIGTERM (scancel, docker stop) while the script imports or samples: exit 128 + 15, one line saying
+    so, nothing written. Catches a script that installs no handler (killed by the default action: exit
+    −15 and a possible half-written folder) or one that swallows the signal and finishes (exit 0)."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--checkpoint", str(ckpts["trained"]), "--output", str(out),
+                             "--device", "cpu", "--n", "20000", "--no-figure"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=str(REPO))
+    time.sleep(1.5)  # still importing torch/Lightning (several seconds here): the handler must already be in place
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1].startswith("sample_target.py: interrupted by SIGTERM; nothing was written"), err
+    assert list(tmp_path.iterdir()) == []
