@@ -7,7 +7,11 @@ Importing this module loads neither torch nor Lightning, so a script installs it
 - a diverging sampler (``SamplerDivergedError``) → one line, exit status 1;
 - SIGTERM (``scancel``, ``docker stop``) or SIGINT (Ctrl-C) → ``Interrupted`` is raised where the
   program is, so its clean-up runs (an output folder is discarded, training saves a checkpoint), then
-  one line and exit status ``128 + signal``;
+  one line and exit status ``128 + signal``. A signal that arrives inside an import is delivered
+  again every ``IMPORT_RETRY_S`` until the import is over: raised in the middle of one, it leaves
+  half-initialised modules whose own errors (``KeyError``, ``RecursionError``, ``AttributeError``, seen
+  with torch, matplotlib and sympy) hide it, or a library that guards an optional import with
+  ``except Exception`` swallows it and the run goes on;
 - ``--debug`` or ``DIFFPOST_DEBUG=1`` → the full traceback instead of the one line.
 """
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 DEBUG_ENV = "DIFFPOST_DEBUG"
@@ -22,15 +27,33 @@ DEBUG_ENV = "DIFFPOST_DEBUG"
 INPUT_ERRORS = (ValueError, TypeError, OSError, KeyError)
 
 
-class Interrupted(RuntimeError):
-    """Raised by the signal handlers: the run was asked to stop."""
+#: how long a signal that arrived inside an import waits before it is delivered again
+IMPORT_RETRY_S = 0.02
+
+
+class Interrupted(BaseException):
+    """Raised by the signal handlers: the run was asked to stop. A ``BaseException`` like
+    ``KeyboardInterrupt``, so that no ``except Exception`` (ours or a library's) swallows it."""
 
     def __init__(self, signum: int):
         self.signum = signum
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
+def _inside_import(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _raise_interrupted(signum, frame) -> None:
+    if _inside_import(frame):  # deliver it again shortly, until the import is over
+        retry = threading.Timer(IMPORT_RETRY_S, os.kill, (os.getpid(), signum))
+        retry.daemon = True
+        retry.start()
+        return
     raise Interrupted(signum)
 
 
