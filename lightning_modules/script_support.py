@@ -80,7 +80,8 @@ def run_main(prog: str, body: Callable[[], object], *, debug: bool = False, inte
         print(f"{prog}: {e}{interrupted_note}", file=sys.stderr)
         return 128 + e.signum
     except Exception as e:
-        from diffpost.samplers.errors import SamplerDivergedError  # here: importing this module stays cheap
+        # imported here: importing this module stays cheap
+        from diffpost.samplers.errors import SamplerDivergedError
 
         if debug or not isinstance(e, (SamplerDivergedError, *INPUT_ERRORS)):
             raise

@@ -51,7 +51,7 @@ def _probe(tmp_path: Path, module_body: str, module: str = "optional_dep", work_
     (pkgs / f"{module}.py").write_text(module_body)
     marker = tmp_path / "marker.txt"
     code = MAIN.format(repo=str(REPO), pkgs=str(pkgs), module=module, marker=str(marker), work_s=work_s)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
 
 
@@ -86,6 +86,6 @@ def test_sigterm_outside_imports_is_raised_at_once(tmp_path):
 
         sys.exit(run_main("probe.py", body))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     assert proc.stderr.strip().splitlines() == ["probe.py: interrupted by SIGTERM"]
