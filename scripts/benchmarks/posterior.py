@@ -319,8 +319,17 @@ def main(argv=None) -> int:
                           "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
               "args": vars(args), "prior_training": prior_training, "tasks": {}}
+
+    def save() -> None:  # after every task: a long run that stops keeps what it finished
+        report["seconds"] = time.time() - t0
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        tmp = Path(f"{args.out}.tmp")
+        tmp.write_text(json.dumps(report, indent=1, default=str))
+        tmp.replace(args.out)
+
     for name in args.tasks if args.rmp_curves != "only" else ():
         report["tasks"][name] = res = evaluate_task(name, prior_ckpt, args, specs)
+        save()
         print(f"\n## {name} (σ_y = {res['sigma_y']}, {args.n_test} test measurements × {args.k} samples; UCoS trained "
               f"{res['ucos_training']['steps']} steps, prior {prior_training['steps']} steps)\n\n{md(res['rows'])}\n"
               f"\n{res['summary']}\n", flush=True)
@@ -328,10 +337,9 @@ def main(argv=None) -> int:
         report["rmp_curves"] = {}
         for name in [t for t in args.tasks if t in RMP_TASKS]:
             report["rmp_curves"][name] = res = rmp_curves(name, prior_ckpt, args)
+            save()
             print(f"\n## RMP against K-sample means at equal total NFE: {name} (PSNR of the mean, dB)\n\n{md_curves(res)}\n",
                   flush=True)
-    report["seconds"] = time.time() - t0
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1, default=str))
+    save()
     print(f"wrote {args.out} ({report['seconds'] / 60:.1f} min)")
     return 0
