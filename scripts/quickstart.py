@@ -87,6 +87,13 @@ def tikhonov_baseline(n: int) -> dict:
     return {"psnr": psnr(xh, x).mean().item(), "ssim": ssim(xh, x).mean().item(), "prior_std": best[1]}
 
 
+def sample_command(ckpt: str, out: str, args: argparse.Namespace) -> list[str]:
+    """The ``scripts/sample.py`` call of step 2 (tests parse it with sample.py's own parser)."""
+    return [sys.executable, "scripts/sample.py", "--checkpoint", ckpt, "--data", CONFIG, "--split", "test",
+            "--n", str(args.n), "--n-samples", str(args.n_samples), "--steps", str(args.steps), "--method", "ucos",
+            "--output", out, "--overwrite"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=5.0, help="training wall-time budget")
@@ -113,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.exists(ckpt):
         sys.exit(f"quickstart: training wrote no checkpoint at {ckpt}")
     out = os.path.join(run_dir, "posterior")
-    run([sys.executable, "scripts/sample.py", "--checkpoint", ckpt, "--data", CONFIG, "--split", "test",
-         "--n", str(args.n), "--n-samples", str(args.n_samples), "--steps", str(args.steps), "--sampler", "heun",
-         "--output", out, "--overwrite"])
+    run(sample_command(ckpt, out, args))
     with open(os.path.join(out, "metrics.json")) as f:
         m = json.load(f)
     agg = m.get("aggregate", m)

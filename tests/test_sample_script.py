@@ -507,3 +507,16 @@ def test_torchrun_two_processes_shard_without_loss_or_duplicates(art, ucos_runs,
     assert m["settings"]["world_size"] == 2 and len(m["cost"]["peak_memory_bytes_per_rank"]) == 2
     assert f"→ {out}" in r.stderr  # the summary names the output
     assert list(tmp_path.iterdir()) == [out]
+
+
+def test_quickstart_calls_sample_py_with_arguments_it_accepts():
+    """scripts/quickstart.py's sampling step, parsed by sample.py's own parser (a renamed or removed flag
+    broke the quickstart once: ``--sampler`` after the switch to ``--method``)."""
+    spec = importlib.util.spec_from_file_location("quickstart", REPO / "scripts" / "quickstart.py")
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    args = quickstart.build_parser().parse_args([])
+    cmd = quickstart.sample_command("last.ckpt", "out", args)
+    assert cmd[1] == "scripts/sample.py"
+    parsed = sample.build_parser().parse_args(cmd[2:])
+    assert (parsed.method, parsed.steps, parsed.n_samples) == ("ucos", args.steps, args.n_samples)
