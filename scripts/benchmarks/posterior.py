@@ -63,7 +63,9 @@ def trained(kind: str, name: str, op, sigma_y: float, args) -> tuple[str, dict]:
 
     minutes = args.prior_minutes if kind == "prior" else args.ucos_minutes
     settings = {"kind": kind, "task": name, "minutes": minutes, "base_channels": args.base_channels,
-                "size": args.size, "batch_size": args.batch_size, "operator": op.config(), "sigma_y": sigma_y}
+                "size": args.size, "batch_size": args.batch_size}
+    if kind == "ucos":  # the prior never sees y: one prior serves every task, whichever task a run starts with
+        settings.update(operator=op.config(), sigma_y=sigma_y)
     ckpt, meta = Path(args.workdir) / f"{kind}_{name}.ckpt", Path(args.workdir) / f"{kind}_{name}.json"
     if ckpt.is_file() and meta.is_file() and not args.retrain:
         saved = json.loads(meta.read_text())
