@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from diffpost.config import build, class_path, is_spec, resolve_class
+from diffpost.config import build, is_spec, resolve_class
 
 CHECKPOINT_FORMAT = "diffpost.checkpoint/v1"
 

@@ -323,7 +323,6 @@ def test_rdmc_score_prior_on_images_matches_the_smoothed_posterior():
     prior = GaussianPrior(torch.zeros(9, dtype=F64), torch.eye(9, dtype=F64), (1, 3, 3))
     y = torch.linspace(-0.5, 0.5, 9, dtype=F64).reshape(1, 3, 3)
     sm = 0.3
-    smoothed = _smoothed(prior, op, y, 0.5, sm)
     x, _ = rdmc_score_prior(prior.denoise, op, y, 0.5, 400, sigma_min=sm, generator=make_generator(15), dtype=F64)
     assert x.shape == (400, 1, 3, 3)
     A = op.to_dense()

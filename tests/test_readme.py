@@ -24,7 +24,6 @@ import ast
 import importlib.metadata
 import importlib.util
 import io
-import os
 import re
 import runpy
 import shlex

@@ -6,7 +6,7 @@ import torch
 
 from diffpost.operators import CT, Blur, DenseOperator, Inpainting
 from diffpost.priors import GaussianPrior
-from diffpost.random import make_generator, per_sample_generators
+from diffpost.random import make_generator
 from diffpost.samplers import heun
 from diffpost.schedules import karras_sigmas
 from diffpost.ucos import (
