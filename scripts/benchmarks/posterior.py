@@ -283,6 +283,23 @@ def md(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def task_markdown(res: dict, n_test: int, k: int, prior_training: dict) -> str:
+    return (f"\n### {res['task']} (σ_y = {res['sigma_y']}, {n_test} test measurements × {k} samples; UCoS trained "
+            f"{res['ucos_training']['steps']} steps, prior {prior_training['steps']} steps)\n\n{md(res['rows'])}\n"
+            f"\n{res['summary']}\n")
+
+
+def curves_markdown(name: str, res: dict) -> str:
+    return f"\n### RMP against K-sample means at equal total NFE: {name} (PSNR of the mean, dB)\n\n{md_curves(res)}\n"
+
+
+def report_markdown(report: dict) -> str:
+    a = report["args"]
+    out = [task_markdown(res, a["n_test"], a["k"], report["prior_training"]) for res in report["tasks"].values()]
+    out += [curves_markdown(name, res) for name, res in report.get("rmp_curves", {}).items()]
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="benchmark.py posterior", description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"configs/task names (default: {' '.join(TASKS)})")
@@ -305,7 +322,13 @@ def main(argv=None) -> int:
                    help="RMP against K-sample means at equal total NFE on super-resolution and inpainting (issue 9)")
     p.add_argument("--workdir", default="runs/benchmark_posterior")
     p.add_argument("--out", default="outputs/benchmark_posterior.json")
+    p.add_argument("--report", nargs="+", metavar="JSON",
+                   help="print the markdown tables of earlier runs' JSON files and exit (e.g. --report outputs/benchmark_posterior_*.json)")
     args = p.parse_args(argv)
+    if args.report:
+        for path in args.report:
+            print(report_markdown(json.loads(Path(path).read_text())))
+        return 0
     if args.quick:
         args.prior_minutes, args.ucos_minutes, args.n_test, args.n_tune, args.k, args.n_val = 1.0, 1.0, 4, 4, 2, 4
         args.workdir += "_quick"
@@ -332,16 +355,13 @@ def main(argv=None) -> int:
     for name in args.tasks if args.rmp_curves != "only" else ():
         report["tasks"][name] = res = evaluate_task(name, prior_ckpt, args, specs)
         save()
-        print(f"\n## {name} (σ_y = {res['sigma_y']}, {args.n_test} test measurements × {args.k} samples; UCoS trained "
-              f"{res['ucos_training']['steps']} steps, prior {prior_training['steps']} steps)\n\n{md(res['rows'])}\n"
-              f"\n{res['summary']}\n", flush=True)
+        print(task_markdown(res, args.n_test, args.k, prior_training), flush=True)
     if args.rmp_curves != "no":
         report["rmp_curves"] = {}
         for name in [t for t in args.tasks if t in RMP_TASKS]:
             report["rmp_curves"][name] = res = rmp_curves(name, prior_ckpt, args)
             save()
-            print(f"\n## RMP against K-sample means at equal total NFE: {name} (PSNR of the mean, dB)\n\n{md_curves(res)}\n",
-                  flush=True)
+            print(curves_markdown(name, res), flush=True)
     save()
     print(f"wrote {args.out} ({report['seconds'] / 60:.1f} min)")
     return 0
