@@ -69,5 +69,5 @@ def test_report_renders_the_saved_tables(tmp_path, capsys):
     assert "### ct_sparse (σ_y = 0.03125, 4 test measurements × 4 samples; UCoS trained 632 steps, prior 1299 steps)" in out
     assert "| dps (common, zeta=1.0) | 32.6 | 0.94 | 30.4 | 0.74 | 100 | 100 | 100 | 100 | 2.2 | 3.1 |" in out
     assert "| ddrm | DDRM needs an operator with a closed-form SVD |" in out
-    assert "| 50 | 4 | 20.50 | 19.00 | 21.00 | 18.00 | 22.00 | 23.00 |" in out
+    assert "| 50 | 4 | 20.50 | – | 19.00 | 21.00 | 18.00 | 22.00 | 23.00 |" in out
     assert "UCoS one-call MMSE estimate: 24.25 dB" in out

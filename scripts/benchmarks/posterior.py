@@ -227,10 +227,17 @@ RMP_TASKS = ("superres_x4", "inpaint_random")
 RMP_BUDGETS = (50, 100, 200, 400, 600)
 
 
+#: the columns of the RMP comparison: mean estimators (one run each) and K-sample means, then DPS at 10×
+CURVE_MEANS = ("rmp", "rmp_vp")
+CURVE_SAMPLERS = ("dps", "diffpir", "daps", "ucos")
+CURVE_COLUMNS = (*CURVE_MEANS, *CURVE_SAMPLERS, "dps_10x")
+
+
 def rmp_curves(name: str, prior_ckpt: str, args) -> dict:
-    """Issue 9's comparison on a trained prior: RMP's posterior mean at total budgets of 50–600 NFE
-    against the mean of K samples of DPS, DiffPIR, DAPS and UCoS with the SAME total NFE (K × NFE per
-    sample), DPS also at 10× that total, and UCoS's one-call MMSE estimate. Key weights as shipped."""
+    """Issue 9's comparison on a trained prior: RMP's posterior mean (VE and VP chains) at total budgets
+    of 50–600 NFE against the mean of K samples of DPS, DiffPIR, DAPS and UCoS with the SAME total NFE
+    (K × NFE per sample), DPS also at 10× that total, and UCoS's one-call MMSE estimate. Key weights as
+    shipped. ``args.curve_columns`` picks the columns (a later run can add one to a saved report)."""
     from diffpost.config import build
     from diffpost.image_quality import psnr
     from diffpost.posterior.base import PosteriorMethod, UCoSModel
@@ -242,7 +249,8 @@ def rmp_curves(name: str, prior_ckpt: str, args) -> dict:
     test = dm.first_items("test", args.n_test)
     ucos_ckpt, _ = trained("ucos", name, op, sigma_y, args)
     prior, ucos = load_module(prior_ckpt), load_module(ucos_ckpt)
-    names = ("rmp", "dps", "diffpir", "daps", "ucos")
+    columns = list(args.curve_columns)
+    names = {c.removesuffix("_10x") for c in columns}
     methods = {n: build(yaml.safe_load((REPO / "configs" / "method" / f"{n}.yaml").read_text()), PosteriorMethod) for n in names}
 
     def mean_psnr(method, k: int, nfe: int) -> float:
@@ -253,21 +261,30 @@ def rmp_curves(name: str, prior_ckpt: str, args) -> dict:
 
     rows = []
     for budget in RMP_BUDGETS:
-        row = {"total_nfe": budget, "k": args.k, "rmp": mean_psnr(methods["rmp"], 1, budget)}
-        for n in names[1:]:  # K samples of budget/K NFE each
-            row[n] = mean_psnr(methods[n], args.k, max(1, budget // args.k))
-        row["dps_10x"] = mean_psnr(methods["dps"], args.k, 10 * budget // args.k)
+        row = {"total_nfe": budget, "k": args.k}
+        for c in columns:
+            if c in CURVE_MEANS:
+                row[c] = mean_psnr(methods[c], 1, budget)
+            elif c == "dps_10x":
+                row[c] = mean_psnr(methods["dps"], args.k, 10 * budget // args.k)
+            else:  # K samples of budget/K NFE each
+                row[c] = mean_psnr(methods[c], args.k, max(1, budget // args.k))
         rows.append(row)
         print(f"  {name} RMP curve: {row}", flush=True)
-    mmse = mean_psnr(build({"class_path": "diffpost.posterior.ucos.UCoSMMSE", "init_args": {}}, PosteriorMethod), 1, 1)
-    return {"task": name, "rows": rows, "ucos_mmse_psnr": mmse}
+    res = {"task": name, "rows": rows}
+    if "ucos" in names:
+        mmse = build({"class_path": "diffpost.posterior.ucos.UCoSMMSE", "init_args": {}}, PosteriorMethod)
+        res["ucos_mmse_psnr"] = mean_psnr(mmse, 1, 1)
+    return res
 
 
 def md_curves(res: dict) -> str:
-    cols = ["total_nfe", "k", "rmp", "dps", "diffpir", "daps", "ucos", "dps_10x"]
+    cols = ["total_nfe", "k", *CURVE_COLUMNS]
+    cell = lambda v: f"{v:.2f}" if isinstance(v, float) else ("–" if v is None else str(v))  # noqa: E731
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |" for r in res["rows"]]
-    return "\n".join(out) + f"\n\nUCoS one-call MMSE estimate: {res['ucos_mmse_psnr']:.2f} dB"
+    out += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in res["rows"]]
+    mmse = res.get("ucos_mmse_psnr")
+    return "\n".join(out) + (f"\n\nUCoS one-call MMSE estimate: {mmse:.2f} dB" if mmse is not None else "")
 
 
 COLUMNS = ["method", "psnr", "ssim", "psnr_one", "coverage90", "nfe", "vjp", "forward", "adjoint", "s_per_sample",
@@ -320,6 +337,8 @@ def main(argv=None) -> int:
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--rmp-curves", choices=["yes", "no", "only"], default="yes",
                    help="RMP against K-sample means at equal total NFE on super-resolution and inpainting (issue 9)")
+    p.add_argument("--curve-columns", nargs="+", choices=CURVE_COLUMNS, default=list(CURVE_COLUMNS),
+                   help="the RMP comparison's columns (default: all; e.g. --curve-columns rmp_vp)")
     p.add_argument("--workdir", default="runs/benchmark_posterior")
     p.add_argument("--out", default="outputs/benchmark_posterior.json")
     p.add_argument("--report", nargs="+", metavar="JSON",
