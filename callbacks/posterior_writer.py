@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from diffpost.image_quality import bias_squared, coverage_at_levels, psnr, ssim, summed_variance
+from diffpost.image_quality import bias_squared, calibrated_coverage, coverage_at_levels, psnr, ssim, summed_variance
 from lightning_modules.figures import calibration_figure, measurement_figure
 from lightning_modules.output_folder import OutputFolder
 
@@ -174,7 +174,9 @@ def metrics_report(merged: dict[str, Any], *, n_samples: int, mean_only: bool, p
     calibration = {"levels": levels, "coverage": [float(c.mean()) for c in per_level],
                    # standard error across measurements (pixels of one image are correlated, images are not)
                    "stderr": [float(c.std() / c.numel() ** 0.5) if c.numel() > 1 else None for c in per_level],
-                   "max_gap": max((abs(float(c.mean()) - lv) for c, lv in zip(per_level, levels)), default=None)}
+                   "max_gap": max((abs(float(c.mean()) - lv) for c, lv in zip(per_level, levels)), default=None),
+                   # what a calibrated sampler scores with this many samples (0.557 for 90 % with 4): compare with this
+                   "calibrated_reference": list(calibrated_coverage(n_samples, levels)) if levels else []}
     if mean_only:
         calibration["note"] = "the method estimates the posterior mean only: no std map, no coverage"
     elif not levels:
@@ -208,5 +210,6 @@ def write_outputs(folder: Path, merged: dict[str, Any], report: dict[str, Any], 
     cal = report["calibration"]
     if figures and cal["levels"]:
         calibration_figure(folder / "figures" / "calibration.png", cal["levels"], cal["coverage"],
-                           title=f"{report['settings'].get('method', '')}: {report['n_measurements']} measurements")
+                           title=f"{report['settings'].get('method', '')}: {report['n_measurements']} measurements",
+                           reference=cal["calibrated_reference"], n_samples=report["n_samples"])
     shutil.rmtree(folder / SHARDS)

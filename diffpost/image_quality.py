@@ -80,8 +80,9 @@ def coverage_at_levels(samples: torch.Tensor, truth: torch.Tensor, levels=(0.5, 
     """``coverage`` at several nominal levels at once (one quantile pass): ``(B, len(levels))``.
 
     The interval of level ``p`` is ``[q_{(1−p)/2}, q_{(1+p)/2}]`` of the ``S`` samples per pixel (linear
-    interpolation): with exact posterior samples and the truth drawn from the prior its coverage is
-    ``p`` up to O(1/S).
+    interpolation). With exact posterior samples and the truth drawn from the prior its coverage tends to
+    ``p`` as S grows but is far below it for few samples (0.557 for 90 % with S = 4):
+    ``calibrated_coverage(S, levels)`` is what a calibrated sampler scores, the value to compare with.
     """
     levels = tuple(float(v) for v in levels)
     if not levels or not all(0 < v < 1 for v in levels):
@@ -95,6 +96,20 @@ def coverage_at_levels(samples: torch.Tensor, truth: torch.Tensor, levels=(0.5, 
     lo, hi = q[: len(levels)], q[len(levels):]
     t = truth.flatten(1).float()[None]
     return ((t >= lo) & (t <= hi)).float().mean(-1).T
+
+
+def calibrated_coverage(n_samples: int, levels=(0.5, 0.8, 0.9, 0.95), *, trials: int = 200_000) -> tuple[float, ...]:
+    """What ``coverage_at_levels`` gives a perfectly calibrated sampler with ``n_samples`` samples: the
+    truth and the samples exchangeable (simulated with i.i.d. Gaussians, fixed seed). Where the interval's
+    ends fall on order statistics it is distribution-free, ``(j_hi − j_lo)/(S + 1)`` for 0-based
+    ranks ``j``; in between, linear interpolation makes it depend slightly on the distribution."""
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
+        raise ValueError(f"calibrated_coverage: n_samples must be an integer >= 2, got {n_samples!r}")
+    trials = max(1000, min(trials, 4_000_000 // n_samples))
+    g = torch.Generator().manual_seed(0)
+    samples = torch.randn(1, n_samples, trials, generator=g)
+    truth = torch.randn(1, trials, generator=g)
+    return tuple(float(c) for c in coverage_at_levels(samples, truth, levels)[0])
 
 
 @dataclass(frozen=True)

@@ -79,13 +79,19 @@ def measurement_figure(path: str | os.PathLike, *, index: int, mean: torch.Tenso
     fig.savefig(os.fspath(path))
 
 
-def calibration_figure(path: str | os.PathLike, levels: list[float], coverage: list[float], *, title: str = "") -> None:
+def calibration_figure(path: str | os.PathLike, levels: list[float], coverage: list[float], *, title: str = "",
+                       reference: list[float] | None = None, n_samples: int | None = None) -> None:
     """Reliability plot: empirical coverage of the central credible intervals against their nominal
-    level; a calibrated sampler lies on the diagonal, an over-confident one below it."""
+    level; with many samples a calibrated sampler lies on the diagonal, an over-confident one below it.
+    ``reference``: what a calibrated sampler scores with ``n_samples`` samples (well below the diagonal
+    for few samples), drawn as its own curve."""
     fig = Figure(figsize=(3.4, 3.4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="calibrated")
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="nominal")
+    if reference:
+        ax.plot(levels, reference, color="0.3", lw=1, ls=":", marker="x",
+                label=f"calibrated, {n_samples} samples" if n_samples else "calibrated")
     ax.plot(levels, coverage, marker="o", label="empirical")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from diffpost.image_quality import ReliabilityCurve, coverage, coverage_at_levels, reliability_curve
+from diffpost.image_quality import ReliabilityCurve, calibrated_coverage, coverage, coverage_at_levels, reliability_curve
 from diffpost.operators import Blur
 from diffpost.priors import GaussianPrior
 from diffpost.random import make_generator
@@ -69,3 +69,19 @@ def test_levels_agree_with_the_single_level_coverage_and_validate():
         coverage_at_levels(samples, x0[:3], LEVELS)
     with pytest.raises(ValueError, match="2 samples"):
         coverage_at_levels(samples[:, :1], x0, LEVELS)
+
+
+@pytest.mark.parametrize(("n_samples", "level", "exact"), [(5, 0.5, 2 / 6), (11, 0.8, 8 / 12), (21, 0.9, 18 / 22), (4, 1 / 3, 1 / 5)])
+def test_calibrated_coverage_matches_order_statistics(n_samples, level, exact):
+    """Where the interval's ends fall on order statistics (0-based ranks j = (S − 1)(1 ∓ p)/2), the truth's
+    rank among S + 1 exchangeable values is uniform, so a calibrated sampler covers with probability
+    (j_hi − j_lo)/(S + 1), whatever the distribution. Catches a reference that uses the nominal
+    level, another quantile rule, or S instead of S + 1."""
+    assert calibrated_coverage(n_samples, (level,))[0] == pytest.approx(exact, abs=0.005)
+
+
+def test_calibrated_coverage_is_far_below_nominal_for_few_samples_and_tends_to_it():
+    few, many = calibrated_coverage(4, (0.9,))[0], calibrated_coverage(400, (0.9,))[0]
+    assert 0.53 < few < 0.59 and abs(many - 0.9) < 0.01
+    with pytest.raises(ValueError, match="n_samples"):
+        calibrated_coverage(1)

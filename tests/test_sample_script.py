@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from datamodules import Ellipses, InverseProblemDataModule
+from diffpost.image_quality import calibrated_coverage
 from diffpost.nets.unet import UNet
 from diffpost.operators.ct import CT
 from lightning_modules.checkpoint import load_module, safe_load
@@ -173,6 +174,7 @@ def test_metrics_json(art, ucos_runs):
     cal = m["calibration"]
     assert cal["levels"] == [0.5, 0.8, 0.9, 0.95]
     assert cal["coverage"] == pytest.approx([agg[f"coverage_{lv}"]["mean"] for lv in (50, 80, 90, 95)])
+    assert cal["calibrated_reference"] == list(calibrated_coverage(N_SAMPLES, cal["levels"]))
     s = m["settings"]
     assert (s["method"], s["method_spec"]["init_args"]["sampler"], s["steps"], s["n_samples"], s["batch_size"], s["devices"]) \
         == ("ucos", "heun", STEPS, N_SAMPLES, 1, 1)
