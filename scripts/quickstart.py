@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n=== UCoS quickstart: sparse-view CT (16 angles), 32² ellipses, σ_y = 0.03125 ===")
     print(f"held-out measurements: {args.n}, posterior samples each: {args.n_samples}, Heun steps: {args.steps}")
-    print(f"UCoS posterior mean : PSNR {val('psnr'):.2f} dB   SSIM {val('ssim'):.3f}   90% coverage {val('coverage_90'):.2f}")
+    cal = m.get("calibration", {})
+    ref = dict(zip(cal.get("levels", []), cal.get("calibrated_reference", []))).get(0.9)
+    reference = f" (a calibrated sampler: {ref:.2f} with {args.n_samples} samples)" if ref is not None else ""
+    print(f"UCoS posterior mean : PSNR {val('psnr'):.2f} dB   SSIM {val('ssim'):.3f}   90% coverage {val('coverage_90'):.2f}{reference}")
     print(f"Tikhonov (tuned)    : PSNR {tik['psnr']:.2f} dB   SSIM {tik['ssim']:.3f}")
     print(f"operator calls while sampling: {m.get('cost', {}).get('operator_calls', agg.get('operator_calls'))}")
     print(f"checkpoint: {ckpt}")
