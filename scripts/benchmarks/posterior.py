@@ -287,6 +287,59 @@ def md_curves(res: dict) -> str:
     return "\n".join(out) + (f"\n\nUCoS one-call MMSE estimate: {mmse:.2f} dB" if mmse is not None else "")
 
 
+def memory_probe(name: str, method_name: str | None, args) -> float:
+    """In this (fresh) process: load the task's models and test data, run ``method_name`` at the common
+    budget on them (nothing when None), return the process's peak resident size in MB."""
+    from diffpost.config import build
+    from diffpost.posterior.base import OperatorMismatchError, PosteriorMethod, UCoSModel
+    from lightning_modules.checkpoint import load_module
+
+    op, sigma_y = task(name)
+    test = datamodule(op, sigma_y, args).first_items("test", args.n_test)
+    prior_ckpt, _ = trained("prior", "all", op, sigma_y, args)
+    ucos_ckpt, _ = trained("ucos", name, op, sigma_y, args)
+    prior, ucos = load_module(prior_ckpt), load_module(ucos_ckpt)
+    if method_name is not None:
+        method = build(yaml.safe_load((REPO / "configs" / "method" / f"{method_name}.yaml").read_text()), PosteriorMethod)
+        module = ucos if issubclass(method.model_type, UCoSModel) else prior
+        try:
+            method.check_setup(module.posterior_model(), op, sigma_y)
+        except OperatorMismatchError:
+            return float("nan")
+        run_method(module, method, test["x"], test["y"], op, sigma_y, steps_for_nfe(method, args.nfe), args.k, args.seed)
+    return _rss_mb()
+
+
+def peak_memory(name: str, names: list[str], args) -> dict:
+    """Each method's peak memory at the common budget, in its own process (a process that trained or ran
+    other methods keeps their peak), over a process that only loaded the same models and data."""
+    import subprocess
+    import sys
+
+    def probe(method_name: str | None) -> float:
+        cmd = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "posterior", "--tasks", name,
+               "--memory-probe", method_name or "-", *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+                                                       ("prior_minutes", "ucos_minutes", "size", "base_channels", "batch_size",
+                                                        "n_val", "n_test", "k", "nfe", "seed", "workdir"))]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])["maxrss_mb"]
+
+    idle = probe(None)
+    rows = {m: probe(m) - idle for m in names}
+    for m, mb in rows.items():
+        print(f"  {name}: {m}: peak memory {mb:.1f} MB over {idle:.0f} MB", flush=True)
+    return {"idle_mb": idle, "over_idle_mb": rows}
+
+
+def md_memory(res: dict) -> str:
+    out = ["| task | idle (MB) | " + " | ".join(next(iter(res.values()))["over_idle_mb"]) + " |",
+           "|" + "---|" * (2 + len(next(iter(res.values()))["over_idle_mb"]))]
+    for name, r in res.items():
+        cells = ["–" if v != v else f"{v:.0f}" for v in r["over_idle_mb"].values()]
+        out.append(f"| {name} | {r['idle_mb']:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 COLUMNS = ["method", "psnr", "ssim", "psnr_one", "coverage90", "nfe", "vjp", "forward", "adjoint", "s_per_sample",
            "vs_unconditional"]
 
@@ -314,6 +367,8 @@ def report_markdown(report: dict) -> str:
     a = report["args"]
     out = [task_markdown(res, a["n_test"], a["k"], report["prior_training"]) for res in report["tasks"].values()]
     out += [curves_markdown(name, res) for name, res in report.get("rmp_curves", {}).items()]
+    if report.get("peak_memory"):
+        out.append("\n### Peak memory over loading (MB, one process per method)\n\n" + md_memory(report["peak_memory"]))
     return "\n".join(out)
 
 
@@ -341,6 +396,9 @@ def main(argv=None) -> int:
                    help="the RMP comparison's columns (default: all; e.g. --curve-columns rmp_vp)")
     p.add_argument("--workdir", default="runs/benchmark_posterior")
     p.add_argument("--out", default="outputs/benchmark_posterior.json")
+    p.add_argument("--peak-memory", action="store_true",
+                   help="only each method's peak memory at the common budget, one process per method (cached models)")
+    p.add_argument("--memory-probe", help=argparse.SUPPRESS)
     p.add_argument("--report", nargs="+", metavar="JSON",
                    help="print the markdown tables of earlier runs' JSON files and exit (e.g. --report outputs/benchmark_posterior_*.json)")
     args = p.parse_args(argv)
@@ -353,6 +411,9 @@ def main(argv=None) -> int:
         args.workdir += "_quick"
     from lightning_modules.inference import method_names
 
+    if args.memory_probe:  # the child of --peak-memory
+        print(json.dumps({"maxrss_mb": memory_probe(args.tasks[0], None if args.memory_probe == "-" else args.memory_probe, args)}))
+        return 0
     names = args.methods or method_names()
     specs = {n: yaml.safe_load((REPO / "configs" / "method" / f"{n}.yaml").read_text()) for n in names}
     os.makedirs(args.workdir, exist_ok=True)
@@ -371,6 +432,12 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(report, indent=1, default=str))
         tmp.replace(args.out)
 
+    if args.peak_memory:
+        report["peak_memory"] = {name: peak_memory(name, names, args) for name in args.tasks}
+        save()
+        print("\n### Peak memory over loading (MB, one process per method)\n\n" + md_memory(report["peak_memory"]), flush=True)
+        print(f"wrote {args.out}")
+        return 0
     for name in args.tasks if args.rmp_curves != "only" else ():
         report["tasks"][name] = res = evaluate_task(name, prior_ckpt, args, specs)
         save()
