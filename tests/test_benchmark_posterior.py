@@ -61,7 +61,8 @@ def test_report_renders_the_saved_tables(tmp_path, capsys):
                                       "rows": rows, "summary": {"note": "none"}}},
               "rmp_curves": {"superres_x4": {"rows": [{"total_nfe": 50, "k": 4, "rmp": 20.5, "dps": 19.0, "diffpir": 21.0,
                                                        "daps": 18.0, "ucos": 22.0, "dps_10x": 23.0}],
-                                              "ucos_mmse_psnr": 24.25}}}
+                                              "ucos_mmse_psnr": 24.25}},
+              "peak_memory": {"ct_sparse": {"idle_mb": 918.0, "over_idle_mb": {"dps": 100.4, "ddrm": float("nan")}}}}
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report))
     assert dispatcher.main(["posterior", "--report", str(path)]) == 0
@@ -71,3 +72,4 @@ def test_report_renders_the_saved_tables(tmp_path, capsys):
     assert "| ddrm | DDRM needs an operator with a closed-form SVD |" in out
     assert "| 50 | 4 | 20.50 | – | 19.00 | 21.00 | 18.00 | 22.00 | 23.00 |" in out
     assert "UCoS one-call MMSE estimate: 24.25 dB" in out
+    assert "| task | idle (MB) | dps | ddrm |" in out and "| ct_sparse | 918 | 100 | – |" in out  # NaN: cannot run there
