@@ -13,12 +13,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from diffpost.config import build
-from diffpost.operators import Denoising
-from diffpost.posterior.base import PosteriorMethod, PriorModel, UCoSModel
+from diffpost.posterior.base import PosteriorMethod
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("diffpost_benchmark_dispatcher", REPO / "scripts" / "benchmark.py")
@@ -30,12 +28,7 @@ METHOD_CONFIGS = sorted((REPO / "configs" / "method").glob("*.yaml"))
 
 
 def _nfe(method, steps: int) -> int:
-    op = Denoising((1, 4, 4))
-    if issubclass(method.model_type, UCoSModel):
-        model = UCoSModel(aux=lambda z, s: 0 * z, operator=op, sigma_y=0.1, x_shape=(1, 4, 4), dtype=torch.float64)
-    else:
-        model = PriorModel(denoiser=lambda x, s: 0 * x, x_shape=(1, 4, 4), dtype=torch.float64)
-    y = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    model, op, y = bench.stand_in(method, shape=(1, 4, 4))  # another size than steps_for_nfe's own
     return method(model, op, y, 0.1, num_steps=steps, n_samples=1).nfe
 
 

@@ -92,18 +92,38 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def steps_for_nfe(method, target: int) -> int:
-    """The step count that gives about ``target`` network calls (NFE is affine in the step count for
-    every method; measured on a zero-cost stand-in model)."""
+def module_for(method, prior, ucos):
+    """The module ``method`` runs on: the UCoS model for UCoS methods, else the prior."""
+    from diffpost.posterior.base import UCoSModel
+
+    return ucos if issubclass(method.model_type, UCoSModel) else prior
+
+
+def shipped_method(name: str):
+    """``configs/method/<name>.yaml``, built (read by ``resolve_method``, as ``sample.py --method`` does)."""
+    from diffpost.config import build
+    from diffpost.posterior.base import PosteriorMethod
+    from lightning_modules.inference import resolve_method
+
+    return build(resolve_method(name), PosteriorMethod)
+
+
+def stand_in(method, shape=(1, 2, 2)) -> tuple:
+    """``(model, operator, y)``: a zero-cost model of the kind ``method`` needs (its denoiser returns 0),
+    a denoising operator and a zero measurement, float64; for counting network calls."""
     from diffpost.operators import Denoising
     from diffpost.posterior.base import PriorModel, UCoSModel
 
-    op = Denoising((1, 2, 2))
-    if issubclass(method.model_type, UCoSModel):
-        model = UCoSModel(aux=lambda z, s: 0 * z, operator=op, sigma_y=0.1, x_shape=(1, 2, 2), dtype=torch.float64)
-    else:
-        model = PriorModel(denoiser=lambda x, s: 0 * x, x_shape=(1, 2, 2), dtype=torch.float64)
-    y = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    op = Denoising(shape)
+    prior = PriorModel(denoiser=lambda x, s: 0 * x, x_shape=shape, dtype=torch.float64)
+    ucos = UCoSModel(aux=lambda z, s: 0 * z, operator=op, sigma_y=0.1, x_shape=shape, dtype=torch.float64)
+    return module_for(method, prior, ucos), op, torch.zeros(1, *shape, dtype=torch.float64)
+
+
+def steps_for_nfe(method, target: int) -> int:
+    """The step count that gives about ``target`` network calls (NFE is affine in the step count for
+    every method; measured on the zero-cost ``stand_in``)."""
+    model, op, y = stand_in(method)
     n2, n4 = (method(model, op, y, 0.1, num_steps=k, n_samples=1).nfe for k in (2, 4))
     slope = (n4 - n2) / 2
     return max(1, round((target - (n2 - 2 * slope)) / slope)) if slope > 0 else 1
@@ -173,9 +193,8 @@ def tikhonov(op, sigma_y, x_val, y_val, x, y) -> dict:
             "s_per_sample": (time.perf_counter() - t) / len(x), "nfe": 0}
 
 
-def evaluate_task(name: str, prior_ckpt: str, args, specs: dict) -> dict:
-    from diffpost.config import build
-    from diffpost.posterior.base import OperatorMismatchError, PosteriorMethod, UCoSModel
+def evaluate_task(name: str, prior_ckpt: str, args, names: list[str]) -> dict:
+    from diffpost.posterior.base import OperatorMismatchError
     from lightning_modules.checkpoint import load_module
 
     op, sigma_y = task(name)
@@ -186,9 +205,9 @@ def evaluate_task(name: str, prior_ckpt: str, args, specs: dict) -> dict:
     prior, ucos = load_module(prior_ckpt), load_module(ucos_ckpt)
     per_nfe = unconditional_seconds_per_nfe(prior, args.n_test * args.k)
     rows, tuning = [tikhonov(op, sigma_y, x_val, y_val, x, y)], {}
-    for mname, spec in specs.items():
-        method = build(spec, PosteriorMethod)
-        module = ucos if issubclass(method.model_type, UCoSModel) else prior
+    for mname in names:
+        method = shipped_method(mname)
+        module = module_for(method, prior, ucos)
         try:
             method.check_setup(module.posterior_model(), op, sigma_y)
         except OperatorMismatchError as e:
@@ -240,7 +259,7 @@ def rmp_curves(name: str, prior_ckpt: str, args) -> dict:
     shipped. ``args.curve_columns`` picks the columns (a later run can add one to a saved report)."""
     from diffpost.config import build
     from diffpost.image_quality import psnr
-    from diffpost.posterior.base import PosteriorMethod, UCoSModel
+    from diffpost.posterior.base import PosteriorMethod
     from lightning_modules.checkpoint import load_module
     from lightning_modules.sampling import sample_posterior
 
@@ -251,11 +270,10 @@ def rmp_curves(name: str, prior_ckpt: str, args) -> dict:
     prior, ucos = load_module(prior_ckpt), load_module(ucos_ckpt)
     columns = list(args.curve_columns)
     names = {c.removesuffix("_10x") for c in columns}
-    methods = {n: build(yaml.safe_load((REPO / "configs" / "method" / f"{n}.yaml").read_text()), PosteriorMethod) for n in names}
+    methods = {n: shipped_method(n) for n in names}
 
     def mean_psnr(method, k: int, nfe: int) -> float:
-        module = ucos if issubclass(method.model_type, UCoSModel) else prior
-        out = sample_posterior(module, test["y"], method=method, operator=op, sigma_y=sigma_y, index=test["index"],
+        out = sample_posterior(module_for(method, prior, ucos), test["y"], method=method, operator=op, sigma_y=sigma_y, index=test["index"],
                                n_samples=k, num_steps=steps_for_nfe(method, nfe), seed=args.seed)
         return psnr(out.samples.float().mean(1), test["x"]).mean().item()
 
@@ -290,8 +308,7 @@ def md_curves(res: dict) -> str:
 def memory_probe(name: str, method_name: str | None, args) -> float:
     """In this (fresh) process: load the task's models and test data, run ``method_name`` at the common
     budget on them (nothing when None), return the process's peak resident size in MB."""
-    from diffpost.config import build
-    from diffpost.posterior.base import OperatorMismatchError, PosteriorMethod, UCoSModel
+    from diffpost.posterior.base import OperatorMismatchError
     from diffpost.samplers.errors import SamplerDivergedError
     from lightning_modules.checkpoint import load_module
 
@@ -301,8 +318,8 @@ def memory_probe(name: str, method_name: str | None, args) -> float:
     ucos_ckpt, _ = trained("ucos", name, op, sigma_y, args)
     prior, ucos = load_module(prior_ckpt), load_module(ucos_ckpt)
     if method_name is not None:
-        method = build(yaml.safe_load((REPO / "configs" / "method" / f"{method_name}.yaml").read_text()), PosteriorMethod)
-        module = ucos if issubclass(method.model_type, UCoSModel) else prior
+        method = shipped_method(method_name)
+        module = module_for(method, prior, ucos)
         try:
             method.check_setup(module.posterior_model(), op, sigma_y)
         except OperatorMismatchError:
@@ -419,7 +436,6 @@ def main(argv=None) -> int:
         print(json.dumps({"maxrss_mb": memory_probe(args.tasks[0], None if args.memory_probe == "-" else args.memory_probe, args)}))
         return 0
     names = args.methods or method_names()
-    specs = {n: yaml.safe_load((REPO / "configs" / "method" / f"{n}.yaml").read_text()) for n in names}
     os.makedirs(args.workdir, exist_ok=True)
     t0 = time.time()
     op, sigma_y = task(args.tasks[0])
@@ -443,7 +459,7 @@ def main(argv=None) -> int:
         print(f"wrote {args.out}")
         return 0
     for name in args.tasks if args.rmp_curves != "only" else ():
-        report["tasks"][name] = res = evaluate_task(name, prior_ckpt, args, specs)
+        report["tasks"][name] = res = evaluate_task(name, prior_ckpt, args, names)
         save()
         print(task_markdown(res, args.n_test, args.k, prior_training), flush=True)
     if args.rmp_curves != "no":
