@@ -16,10 +16,12 @@ Importing this module loads neither torch nor Lightning, so a script installs it
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 
 DEBUG_ENV = "DIFFPOST_DEBUG"
@@ -61,6 +63,15 @@ def install_signal_handlers() -> None:
     """SIGTERM and SIGINT raise ``Interrupted`` (Lightning composes its own SIGTERM handler with ours)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_interrupted)
+
+
+def quiet_lightning() -> None:
+    """Only for the command line (tests calling a script's ``main`` keep their process's logging as it is):
+    Lightning's info lines off, and its deprecation notice about torch's pytree API, which nobody running a
+    script can act on. Sets levels by logger name, so it imports nothing."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def debug_requested(argv: list[str]) -> bool:

@@ -21,10 +21,8 @@ central credible intervals, cost) and figures/ into --output, all at once (or no
 SIGTERM). Bad input: one line on stderr, exit status 2 (--debug for the traceback).
 """
 import argparse
-import logging
 import os
 import sys
-import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -106,17 +104,9 @@ def main(argv=None) -> int:
     return run_main("sample.py", body, debug=debug or debug_requested([]), interrupted_note="; nothing was written")
 
 
-def _quiet_lightning() -> None:
-    """Only for the command line (tests calling ``main`` keep their process's logging as it is)."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # Lightning's own deprecation notice about torch's pytree API: nothing a user of this script can act on
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-
-
 if __name__ == "__main__":
-    _quiet_lightning()
-    from lightning_modules.script_support import install_signal_handlers
+    from lightning_modules.script_support import install_signal_handlers, quiet_lightning
 
+    quiet_lightning()
     install_signal_handlers()
     sys.exit(main())

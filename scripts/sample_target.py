@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -335,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         except SamplerDivergedError as e:  # say which kind of failure this is, then the sampler's own line
             raise SamplerDivergedError(f"the sampler diverged: {e}") from None
 
+    # the summary is printed outside: "nothing was written" stays true for every signal run_main reports
     code = run_main("sample_target.py", body, debug=debug_requested([]), interrupted_note="; nothing was written")
     if code:
         return code
@@ -345,15 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _quiet_lightning() -> None:
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-
-
 if __name__ == "__main__":
-    _quiet_lightning()
-    from lightning_modules.script_support import install_signal_handlers
+    from lightning_modules.script_support import install_signal_handlers, quiet_lightning
 
+    quiet_lightning()
     install_signal_handlers()
     sys.exit(main())
