@@ -66,3 +66,14 @@ def test_report_renders_the_saved_tables(tmp_path, capsys):
     assert "| 50 | 4 | 20.50 | – | 19.00 | 21.00 | 18.00 | 22.00 | 23.00 |" in out
     assert "UCoS one-call MMSE estimate: 24.25 dB" in out
     assert "| task | idle (MB) | dps | ddrm |" in out and "| ct_sparse | 918 | 100 | – |" in out  # NaN: cannot run there
+
+
+def test_report_refuses_a_missing_or_foreign_file_in_one_line(tmp_path, capsys):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"args": {"n_test": 1, "k": 1}, "prior_training": {"steps": 1}, "tasks": {}}))
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "other.json").write_text(json.dumps([1, 2]))
+    for bad in ("missing.json", "broken.json", "other.json"):
+        with pytest.raises(SystemExit, match=rf"--report .*{bad}: not a saved report"):
+            dispatcher.main(["posterior", "--report", str(good), str(tmp_path / bad)])
+        assert capsys.readouterr().out == ""  # nothing printed for the good file either

@@ -424,8 +424,13 @@ def main(argv=None) -> int:
                    help="print the markdown tables of earlier runs' JSON files and exit (e.g. --report outputs/benchmark_posterior_*.json)")
     args = p.parse_args(argv)
     if args.report:
-        for path in args.report:
-            print(report_markdown(json.loads(Path(path).read_text())))
+        tables = []
+        for path in args.report:  # all read before anything is printed: one bad file, one line, no tables
+            try:
+                tables.append(report_markdown(json.loads(Path(path).read_text())))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise SystemExit(f"benchmark.py posterior: --report {path}: not a saved report ({type(e).__name__}: {e})") from None
+        print("\n".join(tables))
         return 0
     if args.quick:
         args.prior_minutes, args.ucos_minutes, args.n_test, args.n_tune, args.k, args.n_val = 1.0, 1.0, 4, 4, 2, 4
