@@ -146,6 +146,28 @@ def effective_sample_size(log_weights: torch.Tensor) -> torch.Tensor:
     return torch.exp(2 * torch.logsumexp(lw, -1) - torch.logsumexp(2 * lw, -1)) / lw.shape[-1]
 
 
+def integrated_autocorrelation_time(chain: torch.Tensor) -> torch.Tensor:
+    """Integrated autocorrelation time ``τ = −1 + 2 Σ_k P_k`` per coordinate of ``chain``
+    ``(..., n_steps, n_chains, d)`` (any leading batch dimensions), from FFT autocovariances of each chain
+    about its own mean, averaged over chains, with Geyer's initial monotone sequence of pair sums
+    ``P_k = ρ_{2k} + ρ_{2k+1}``; floored at ``1/log10(n_steps · n_chains)``. Returns ``(..., d)``; a
+    coordinate that is constant along every chain gives ``inf``. No input checks (see
+    ``autocorrelation_ess``)."""
+    n, m = chain.shape[-3], chain.shape[-2]
+    z = chain - chain.mean(-3, keepdim=True)
+    f = torch.fft.rfft(z, n=2 * n, dim=-3)
+    acov = torch.fft.irfft(f * f.conj(), n=2 * n, dim=-3)[..., :n, :, :] / n  # biased estimator: positive definite
+    acov = acov.mean(-2)  # (..., n, d)
+    var0 = acov[..., :1, :]
+    rho = acov / torch.where(var0 > 0, var0, torch.ones_like(var0))
+    K = n // 2
+    pairs = rho[..., : 2 * K : 2, :] + rho[..., 1 : 2 * K : 2, :]  # (..., K, d)
+    positive = torch.cumprod((pairs > 0).to(rho.dtype), dim=-2)  # stop at the first non-positive pair
+    monotone = torch.cummin(pairs, dim=-2).values
+    tau = (-1 + 2 * (monotone * positive).sum(-2)).clamp_min(1.0 / math.log10(max(n * m, 10)))
+    return torch.where(var0[..., 0, :] > 0, tau, torch.full_like(tau, math.inf))
+
+
 def autocorrelation_ess(chain: torch.Tensor) -> torch.Tensor:
     """Effective sample size of MCMC output per coordinate, summed over chains.
 
@@ -165,20 +187,9 @@ def autocorrelation_ess(chain: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"chain must be (n_steps[, n_chains], d) with n_steps >= 4, got {tuple(torch.as_tensor(chain).shape)}")
     if not bool(torch.isfinite(c).all()):
         raise ValueError("chain has non-finite entries")
-    c = c.to(torch.float64)
     n, m, _ = c.shape
-    z = c - c.mean(0, keepdim=True)
-    f = torch.fft.rfft(z, n=2 * n, dim=0)
-    acov = torch.fft.irfft(f * f.conj(), n=2 * n, dim=0)[:n] / n  # biased estimator: positive definite
-    acov = acov.mean(1)  # (n, d)
-    var0 = acov[0]
-    if bool((var0 <= 0).any()):
+    tau = integrated_autocorrelation_time(c.to(torch.float64))
+    if bool((tau == math.inf).any()):
         raise ValueError("autocorrelation_ess: a coordinate is constant along the chain")
-    rho = acov / var0
-    K = n // 2
-    pairs = rho[: 2 * K : 2] + rho[1 : 2 * K : 2]  # (K, d)
-    positive = torch.cumprod((pairs > 0).to(rho.dtype), dim=0)  # stop at the first non-positive pair
-    monotone = torch.cummin(pairs, dim=0).values
-    tau = (-1 + 2 * (monotone * positive).sum(0)).clamp_min(1.0 / math.log10(max(n * m, 10)))
     ess = n * m / tau
     return ess[0] if squeeze else ess

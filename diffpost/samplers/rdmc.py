@@ -62,7 +62,7 @@ from diffpost.targets.base import EvalCounter, Target
 __all__ = ["rdmc", "rdmc_score_prior", "rdmc_time_grid", "regularised_mean_estimate", "InnerBudgetWarning",
            "SamplerDivergedError"]
 
-Inner = Literal["auto", "ula", "is", "exact"]
+Inner = Literal["auto", "mala", "ula", "is", "exact"]
 
 
 class InnerBudgetWarning(UserWarning):
@@ -137,8 +137,8 @@ def rdmc(
     """
     if not isinstance(target, Target):
         raise TypeError(f"rdmc: target must be a Target, got {type(target).__name__}")
-    if inner not in ("auto", "ula", "is", "exact"):
-        raise ValueError(f"rdmc: inner must be 'auto', 'ula', 'is' or 'exact', got {inner!r}")
+    if inner not in ("auto", "mala", "ula", "is", "exact"):
+        raise ValueError(f"rdmc: inner must be 'auto', 'mala', 'ula', 'is' or 'exact', got {inner!r}")
     if scheme not in ("heun", "euler"):
         raise ValueError(f"rdmc: scheme must be 'heun' or 'euler', got {scheme!r}")
     if min(n_samples, is_pilot, max_inner_evals, min(burn_in)) < 1 or n_chains < 2:
@@ -156,7 +156,8 @@ def rdmc(
     times = rdmc_time_grid(T, n_outer, early_stop, grid)
     counter = EvalCounter(target)
     cfg = InnerSettings(is_pilot=is_pilot, ess_min=ess_min, n_chains=n_chains, burn_warm=burn_in[0], burn_cold=burn_in[1],
-                        max_evals=max_inner_evals, pool=pool, lipschitz=L, ula_step=ula_step)
+                        max_evals=max_inner_evals, pool=pool, lipschitz=L, ula_step=ula_step,
+                        chains="ula" if inner == "ula" else "mala")
     Y = randn((n_samples, target.dim), generator, dtype=target.dtype)
     est = InnerEstimator(counter, n_samples, generator, cfg, dtype=Y.dtype, device=Y.device)
     info: dict[str, Any] = {"times": times, "inner": [], "estimates": []}
@@ -202,7 +203,7 @@ def rdmc(
         check_finite(Y, "the final draw", where)
     hits = sum(e.cap_hits for e in info["estimates"])
     info.update(counts=dict(counter.counts), counts_per_sample=counter.per_sample(n_samples),
-                evals_per_sample=sum(counter.counts.values()) / n_samples, time_s=time.perf_counter() - t0,
+                evals_per_sample=counter.passes() / n_samples, time_s=time.perf_counter() - t0,
                 cap_hits=hits, n_estimates=len(info["estimates"]) * n_samples,
                 estimates=[vars(e) for e in info["estimates"]])
     if hits:
@@ -217,8 +218,8 @@ def rdmc(
 def _branch(stats: list[InnerStats]) -> str:
     if any(s.extra.get("exact") for s in stats):
         return "exact"
-    is_rows, ula_rows = sum(s.n_is for s in stats), sum(s.n_ula for s in stats)
-    return "is" if ula_rows == 0 else "ula" if is_rows == 0 else "mixed"
+    is_rows, mc_rows = sum(s.n_is for s in stats), sum(s.n_mcmc for s in stats)
+    return "is" if mc_rows == 0 else "mcmc" if is_rows == 0 else "mixed"
 
 
 def regularised_mean_estimate(
@@ -226,7 +227,7 @@ def regularised_mean_estimate(
     x: torch.Tensor,
     s: float,
     *,
-    method: Literal["ula", "is"],
+    method: Literal["mala", "ula", "is"],
     var_max: float,
     max_inner_evals: int = 1 << 16,
     lipschitz: float | None = None,
@@ -235,12 +236,13 @@ def regularised_mean_estimate(
     """rdMC's Monte Carlo estimate of ``E_{q_s}[x0 | x]`` for each row of ``x`` ``(n, d)`` to a variance
     ``var_max`` (trace), by IS or ULA alone (the inner step of ``rdmc``, exposed for diagnostics and
     tests). Returns ``(mean, info)`` with ``counts`` and the call's statistics."""
-    if method not in ("ula", "is"):
-        raise ValueError(f"method must be 'ula' or 'is', got {method!r}")
+    if method not in ("mala", "ula", "is"):
+        raise ValueError(f"method must be 'mala', 'ula' or 'is', got {method!r}")
     if not s > 0:
         raise ValueError(f"forward time s must be positive, got {s}")
     counter = EvalCounter(target)
-    cfg = InnerSettings(max_evals=max_inner_evals, lipschitz=lipschitz if lipschitz is not None else target.lipschitz)
+    cfg = InnerSettings(max_evals=max_inner_evals, lipschitz=lipschitz if lipschitz is not None else target.lipschitz,
+                        chains="ula" if method == "ula" else "mala")
     est = InnerEstimator(counter, x.shape[0], generator, cfg, dtype=x.dtype, device=x.device)
     mean, stats = est.estimate(x, s, var_max, f"regularised_mean_estimate at s={s:.4g}", method)
     return mean, {"counts": dict(counter.counts), **vars(stats)}

@@ -17,12 +17,10 @@ properties:
   towards ``d τ²`` (the Gaussian factor's) by a pseudo-count of ``SHRINK``: a few dominant weights say
   little about the spread. A row whose ESS or variance, extrapolated in the number of proposals, cannot
   meet its target within the cap goes to
-- ULA chains on ``q_s`` (gradient ``∇log π(z) − (z − e^{s}Y)/τ²``), ``n_chains`` per row, step
-  ``f/(L + 1/τ²)`` from the curvature: ``L`` the target's Lipschitz constant or, where it has none, a
-  per-row estimate (power iteration on the Hessian by gradient differences at the chains' states, then
-  the running maximum of secants ``‖Δ∇log π‖/‖Δz‖`` along them). Chains are warm-started from the previous
-  call (``q_s`` moves little between outer steps) or, cold, resampled from the pool's weights; after a
-  burn-in they run in blocks until the between-chain variance of the mean is ≤ ``var_max``.
+- Markov chains on ``q_s`` (``diffpost.samplers.rdmc_chains``: MALA with adapted steps when the target
+  has a density, ULA for a score alone), ``n_chains`` per row, warm-started from the previous call or,
+  cold, resampled from the pool's weights; after a burn-in they run in blocks until the between-chain
+  variance of the mean is ≤ ``var_max``.
 
 Every estimate is capped at ``max_evals`` density/gradient evaluations per row; rows stopped by the cap
 short of their target are reported (``cap_hits``, ``worst_ratio``) for the caller's warning.
@@ -39,7 +37,11 @@ import torch
 
 from diffpost.random import GeneratorLike, rand, randn
 from diffpost.samplers.errors import SamplerDivergedError, check_finite
+from diffpost.samplers.rdmc_chains import InnerChains, sub_generator
 from diffpost.targets.base import EvalCounter
+
+#: ``inner`` modes that use the chains alone (no importance sampling)
+CHAIN_MODES = ("ula", "mala")
 
 #: pseudo-count of the prior guess ``d τ²`` for the spread of ``q_s`` in the IS variance estimate
 SHRINK = 4.0
@@ -50,14 +52,6 @@ DEFENSIVE = 0.2
 FIT_MAX_DIM = 32
 #: bound on the pool's floats (n · pool · d) so that large batches or dimensions stay in memory
 POOL_FLOATS = 1 << 24
-
-
-def sub_generator(generator: GeneratorLike, rows: torch.Tensor) -> GeneratorLike:
-    """The generators of ``rows`` (per-row lists), or the shared generator."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    gens = list(generator)
-    return [gens[i] for i in rows.tolist()]
 
 
 @dataclass
@@ -74,6 +68,7 @@ class InnerSettings:
     max_evals: int = 4096
     pool: int = 1024
     lipschitz: float | None = None
+    chains: str = "mala"  #: inner chains: "mala" (a density) or "ula" (a score only)
     ula_step: float | None = None
 
 
@@ -83,10 +78,10 @@ class InnerStats:
 
     s: float
     n_is: int = 0
-    n_ula: int = 0
+    n_mcmc: int = 0
     proposals: float = 0.0  #: mean fresh IS proposals per IS row (pooled ones are free)
     ess: float = float("nan")  #: median ESS of the IS rows
-    ula_steps: float = 0.0  #: mean ULA steps per ULA row
+    mcmc_steps: float = 0.0  #: mean inner-chain steps per chain row
     cap_hits: int = 0
     worst_ratio: float = 0.0  #: largest (estimated variance / var_max, or ESS shortfall) at the cap
     extra: dict = field(default_factory=dict)
@@ -194,15 +189,15 @@ class InnerEstimator:
         self.dtype, self.device = dtype, device
         cap = min(settings.pool, POOL_FLOATS // max(1, n * self.d)) if settings.pool > 0 else 0
         self.pool = _Pool(n, cap, self.d, dtype, device)
-        self.chains = torch.zeros(n, settings.n_chains, self.d, dtype=dtype, device=device)
-        self.warm = torch.zeros(n, dtype=torch.bool, device=device)
+        self.chains = InnerChains(target, n, generator, kind=settings.chains, n_chains=settings.n_chains,
+                                  burn_warm=settings.burn_warm, burn_cold=settings.burn_cold, block=settings.block,
+                                  max_evals=settings.max_evals, step_fraction=settings.step_fraction,
+                                  lipschitz=settings.lipschitz, ula_step=settings.ula_step, dtype=dtype, device=device)
         self.fit = self.d <= FIT_MAX_DIM
         self.fit_mean = torch.zeros(n, self.d, dtype=dtype, device=device)
         self.fit_chol = torch.eye(self.d, dtype=dtype, device=device).repeat(n, 1, 1) if self.fit else None
         self.has_fit = torch.zeros(n, dtype=torch.bool, device=device)
         self.is_failed = torch.zeros(n, dtype=torch.bool, device=device)
-        L = settings.lipschitz  # per-row curvature: the target's constant, or secant estimates
-        self.L = torch.full((n,), math.nan if L is None else float(L), dtype=dtype, device=device)
 
     def _proposals(self, rows, Y, s, m):
         """``m`` proposals per row and ``log g`` of the density that drew them: the Gaussian factor
@@ -252,15 +247,10 @@ class InnerEstimator:
             check_finite(lp, "log π at an importance-sampling proposal", where)
         return lp
 
-    def _grad_q(self, z, centre, tau2, where):
-        g = self.target.grad_log_prob(z.reshape(-1, self.d)).reshape(z.shape)
-        check_finite(g, "the gradient of log π", where)
-        return g, g - (z - centre[:, None, :]) / tau2
-
     # ------------------------------------------------------------------ IS
     def importance(self, rows, Y, s, var_max, ess_target, where, *, force: bool):
         """IS for ``rows``: the pool's particles, then fresh proposals (doubling). Returns the sums, the
-        fresh proposals drawn, the rows handed to ULA (none when ``force``) and the ratios of rows
+        fresh proposals drawn, the rows handed to the chains (none when ``force``) and the ratios of rows
         stopped by the cap."""
         cfg, bound = self.cfg, self.d * math.expm1(2 * s)
         sums = _Sums(len(rows), self.d, self.dtype, self.device, second_moment=self.fit)
@@ -271,20 +261,20 @@ class InnerEstimator:
             sums.add(local, self.pool.z[rows, :k], self.pool.log_weights(rows, Y, s), uniforms(rows))
         mean, ess, var = sums.stats(local, bound)
         fresh = torch.zeros(len(rows), dtype=torch.long, device=self.device)
-        active, m, to_ula, ratios, first = local, cfg.is_pilot, [], [], True
+        active, m, to_chains, ratios, first = local, cfg.is_pilot, [], [], True
         while True:
             done = (ess[active] >= ess_target) & (var[active] <= var_max)
             n_f = fresh[active].clamp_min(1)
-            # ESS ∝ and variance ∝ 1/(number of proposals): rows that cannot meet both within the cap go to ULA
+            # ESS ∝ and variance ∝ 1/(number of proposals): rows that cannot meet both within the cap go to the chains
             short = (ess[active] * cfg.max_evals < ess_target * n_f) | (var[active] * n_f > var_max * cfg.max_evals)
             # an ESS of 1–3 is too noisy to extrapolate from: keep doubling until there is evidence
             full = fresh[active] + m > cfg.max_evals
-            # rows whose IS failed last time get a pilot only: without evidence for IS they go to ULA
+            # rows whose IS failed last time get a pilot only: without evidence for IS they go to the chains
             evidence = (ess[active] >= 4) | self.is_failed[rows[active]]
             hopeless = ~done & ((short & evidence) | full) & (not first) & (not force)
             at_cap = ~done & ~hopeless & full  # only when forced: IS is then the estimate, short of its target
             ratios += torch.maximum(var[active] / var_max, ess_target / ess[active].clamp_min(1e-300))[at_cap].tolist()
-            to_ula.append(active[hopeless])
+            to_chains.append(active[hopeless])
             active = active[~(done | hopeless | at_cap)]
             if not active.numel():
                 break
@@ -298,24 +288,22 @@ class InnerEstimator:
             mean[active], ess[active], var[active] = sums.stats(active, bound)
             self._update_fit(r, sums, active, ess[active])  # later batches of this estimate use the fit
             m, first = int(fresh[active[0]]), False  # doubling
-        failed = torch.cat(to_ula)
+        failed = torch.cat(to_chains)
         self.is_failed[rows] = False
         self.is_failed[rows[failed]] = True
         if force and bool((ess == 0).any()):
             raise SamplerDivergedError(
                 f"{where}: no importance proposal has positive density (log π = −∞ at all {int(fresh.max())} proposals) "
                 f"in {int((ess == 0).sum())} of {len(rows)} rows; the proposal N(e^s Y, (e^(2s) − 1) I) misses the "
-                "support: use inner='auto' or 'ula', or raise max_inner_evals")
+                "support: use inner='auto' or 'mala', or raise max_inner_evals")
         return sums, mean, ess, fresh, failed, ratios
 
-    # ------------------------------------------------------------------ ULA
-    def _init_chains(self, rows, Y, s):
-        """Cold rows: chains resampled from the pool by their weights at ``(s, Y)``, else proposals."""
-        m = self.cfg.n_chains
+    # ------------------------------------------------------------------ chains
+    def _init_chains(self, rows, Y, s, m):
+        """Cold chains: resampled from the pool by their weights at ``(s, Y)``, else fresh proposals."""
         z0 = self._proposals(rows, Y, s, m)[0]
         if not self.pool.size:
-            self.chains[rows] = z0
-            return
+            return z0
         lw = self.pool.log_weights(rows, Y, s)
         ok = torch.isfinite(lw.max(1).values)
         if bool(ok.any()):
@@ -324,83 +312,11 @@ class InnerEstimator:
             k = torch.clamp((u[:, :, None] > torch.cumsum(w, 1)[:, None, :]).sum(-1), max=w.shape[1] - 1)
             pick = torch.gather(self.pool.z[rows], 1, k[:, :, None].expand(-1, -1, self.d))
             z0 = torch.where(ok[:, None, None], pick, z0)
-        self.chains[rows] = z0
+        return z0
 
-    def _curvature(self, rows, z, g, where, n_iter: int = 4):
-        """Per-row largest curvature of ``log π`` at the chains' states (rows without a Lipschitz
-        constant): power iteration on the Hessian by gradient differences, started along the gradient,
-        maximum over chains. (Secants along the chains alone see the average curvature of random
-        directions, not the largest: on the BOD posterior that gave ULA steps twice too large.)"""
-        v = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-        eps = 1e-4 * (1 + z.abs().amax(-1, keepdim=True))
-        lam = torch.zeros(z.shape[:2], dtype=z.dtype, device=z.device)
-        for _ in range(n_iter):
-            gp = self.target.grad_log_prob((z + eps * v).reshape(-1, self.d)).reshape(z.shape)
-            check_finite(gp, "the gradient of log π (curvature probe)", where)
-            hv = (gp - g) / eps
-            lam = hv.norm(dim=-1)
-            v = hv / lam[..., None].clamp_min(1e-300)
-        self.L[rows] = torch.fmax(self.L[rows], lam.amax(1))  # never lowered: one stiff region is enough
-
-    def ula(self, rows, Y, s, var_max, where, *, steps_fraction=None, burn=None):
-        """ULA on ``q_s`` for ``rows``: (mean, last state of chain 0, steps per row, cap-hit ratios)."""
-        cfg = self.cfg
-        tau2 = math.expm1(2 * s)
-        centre = math.exp(s) * Y
-        cold = ~self.warm[rows]
-        if bool(cold.any()):
-            self._init_chains(rows[cold], Y[cold], s)
-        z = self.chains[rows].clone()
-        m = z.shape[1]
-        frac = cfg.step_fraction if steps_fraction is None else steps_fraction
-        g_pi, g = self._grad_q(z, centre, tau2, where)
-        if cfg.ula_step is None and cfg.lipschitz is None:
-            self._curvature(rows, z, g_pi, where)
-        if burn is None:
-            burn = torch.where(cold, cfg.burn_cold, cfg.burn_warm).to(torch.long)
-        else:
-            burn = torch.full((len(rows),), int(burn), dtype=torch.long, device=self.device)
-        max_steps = max(cfg.burn_cold + cfg.block, cfg.max_evals // m)
-        steps = torch.zeros(len(rows), dtype=torch.long, device=self.device)
-        sums = torch.zeros_like(z)
-        kept = torch.zeros(len(rows), dtype=torch.long, device=self.device)
-        active = torch.arange(len(rows), device=self.device)
-        ratios, var = [], torch.full((len(rows),), math.inf, dtype=self.dtype, device=self.device)
-        while active.numel():
-            r = rows[active]
-            n_block = cfg.block  # every row draws whole blocks: its draws depend on its own progress only
-            noise = randn((len(r), n_block, m, self.d), sub_generator(self.generator, r), dtype=self.dtype, device=self.device)
-            za, ga, gpi = z[active], g[active], g_pi[active]
-            for j in range(n_block):
-                L = self.L[r] if cfg.ula_step is None else None
-                h = torch.full((len(r),), cfg.ula_step, dtype=self.dtype, device=self.device) if L is None else frac / (L + 1 / tau2)
-                at = f"{where}, inner ULA step {int(steps[active].max()) + j}"
-                z_new = za + h[:, None, None] * ga + torch.sqrt(2 * h)[:, None, None] * noise[:, j]
-                check_finite(z_new, "the inner ULA state", at)
-                gpi_new, g_new = self._grad_q(z_new, centre[active], tau2, at)
-                if cfg.ula_step is None and cfg.lipschitz is None:  # follow the local curvature along the chains
-                    sec = ((gpi_new - gpi).norm(dim=-1) / (z_new - za).norm(dim=-1).clamp_min(1e-300)).amax(1)
-                    self.L[r] = torch.maximum(sec, self.L[r])
-                za, ga, gpi = z_new, g_new, gpi_new
-                after = (steps[active] + j + 1) > burn[active]
-                sums[active] += torch.where(after[:, None, None], za, torch.zeros_like(za))
-                kept[active] += after.long()
-            z[active], g[active], g_pi[active] = za, ga, gpi
-            steps[active] += n_block
-            k = kept[active].clamp_min(1)
-            chain_means = sums[active] / k[:, None, None]
-            xb = chain_means.mean(1)
-            var[active] = ((chain_means - xb[:, None]) ** 2).sum((1, 2)) / (m * (m - 1))
-            done = (kept[active] > 0) & (var[active] <= var_max)
-            cap = steps[active] + cfg.block > max_steps
-            if bool((cap & ~done).any()):
-                ratios += (var[active] / var_max)[cap & ~done].tolist()
-            active = active[~(done | cap)]
-        self.chains[rows] = z
-        self.warm[rows] = True
-        n_kept = (kept * m).clamp_min(1)
-        mean = sums.sum(1) / n_kept[:, None]
-        return mean, z[:, 0], steps, ratios
+    def mcmc(self, rows, Y, s, var_max, where, **kw):
+        """The inner chains on ``q_s`` for ``rows``: (mean, last state of chain 0, steps per row, cap-hit ratios)."""
+        return self.chains.run(rows, Y, s, var_max, where, self._init_chains, **kw)
 
     # ------------------------------------------------------------------ public
     def estimate(self, Y, s, var_max, where, mode: str):
@@ -408,37 +324,36 @@ class InnerEstimator:
         rows = torch.arange(self.n, device=self.device)
         stats, ratios = InnerStats(s), []
         mean = torch.empty_like(Y)
-        ula_rows = rows
-        if mode != "ula":
-            _, m_is, ess, fresh, ula_rows, ratios = self.importance(rows, Y, s, var_max, self.cfg.ess_min, where, force=mode == "is")
-            is_rows = rows[~torch.isin(rows, ula_rows)]
+        mc_rows = rows
+        if mode not in CHAIN_MODES:
+            _, m_is, ess, fresh, mc_rows, ratios = self.importance(rows, Y, s, var_max, self.cfg.ess_min, where, force=mode == "is")
+            is_rows = rows[~torch.isin(rows, mc_rows)]
             mean[is_rows] = m_is[is_rows]
             if len(is_rows):
                 stats.n_is, stats.proposals = len(is_rows), float(fresh[is_rows].double().mean())
                 stats.ess = float(ess[is_rows].median())
-            self.warm[is_rows] = False  # their chains go stale; if needed again they restart from the pool
-        if len(ula_rows):
-            m_ula, _, steps, r2 = self.ula(ula_rows, Y[ula_rows], s, var_max, where)
-            mean[ula_rows] = m_ula
-            stats.n_ula, stats.ula_steps = len(ula_rows), float(steps.double().mean())
+            self.chains.warm[is_rows] = False  # their chains go stale; if needed again they restart from the pool
+        if len(mc_rows):
+            m_mc, _, steps, r2 = self.mcmc(mc_rows, Y[mc_rows], s, var_max, where)
+            mean[mc_rows] = m_mc
+            stats.n_mcmc, stats.mcmc_steps = len(mc_rows), float(steps.double().mean())
             ratios += r2
         stats.cap_hits, stats.worst_ratio = len(ratios), max(ratios, default=0.0)
         return mean, stats
 
     def draw(self, Y, s, ess_final, where, mode: str):
         """One draw per row from ``q_s(· | Y)``: a pool particle resampled by weight when the ESS is
-        ≥ ``ess_final``, else the last state of one ULA chain at a fifth of the step (ULA's stationary
-        bias is ∝ step) after a cold-start burn-in."""
+        ≥ ``ess_final``, else the last state of one inner chain after a cold-start burn-in (ULA at a fifth
+        of its step: its stationary bias is ∝ step; MALA at its adapted step, exact)."""
         rows = torch.arange(self.n, device=self.device)
         out = torch.empty_like(Y)
-        ula_rows = rows
-        if mode != "ula":
+        mc_rows = rows
+        if mode not in CHAIN_MODES:
             sums, _, ess, _, _, _ = self.importance(rows, Y, s, math.inf, ess_final, where, force=mode == "is")
             good = ess >= (ess_final if mode != "is" else 0.0)
             out[good] = sums.pick[good]
-            ula_rows = rows[~good]
-        if len(ula_rows):
-            _, last, _, _ = self.ula(ula_rows, Y[ula_rows], s, math.inf, where, steps_fraction=self.cfg.step_fraction / 5,
-                                     burn=self.cfg.burn_cold)
-            out[ula_rows] = last
+            mc_rows = rows[~good]
+        if len(mc_rows):
+            _, last, _, _ = self.mcmc(mc_rows, Y[mc_rows], s, math.inf, where, step_scale=0.2, burn=self.cfg.burn_cold)
+            out[mc_rows] = last
         return out

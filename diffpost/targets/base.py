@@ -206,7 +206,8 @@ class EvalCounter(Target):
     """Counts evaluations of a wrapped target, one per evaluated row.
 
     ``counts['log_prob']`` and ``counts['grad']`` grow by the batch size of each call;
-    ``log_prob_and_grad`` counts one of each. Everything else is forwarded to the wrapped target.
+    ``log_prob_and_grad`` counts one of each (and ``joint`` counts its rows, so ``passes()`` counts such
+    a call once: one forward and backward pass). Everything else is forwarded to the wrapped target.
     """
 
     def __init__(self, target: Target):
@@ -215,6 +216,7 @@ class EvalCounter(Target):
         self.target = target
         self.dim = target.dim
         self.counts: Counter = Counter()
+        self.joint = 0
 
     def __getattr__(self, name: str):
         # only reached for attributes not found on the counter itself: forward to the target
@@ -257,7 +259,12 @@ class EvalCounter(Target):
     def log_prob_and_grad(self, x):
         self.counts["log_prob"] += x.shape[0]
         self.counts["grad"] += x.shape[0]
+        self.joint += x.shape[0]
         return self.target.log_prob_and_grad(x)
+
+    def passes(self) -> int:
+        """Evaluated rows with a density and its gradient from one call counted once."""
+        return sum(self.counts.values()) - self.joint
 
     def sample(self, n, generator=None):
         return self.target.sample(n, generator)
@@ -273,6 +280,7 @@ class EvalCounter(Target):
 
     def reset(self) -> None:
         self.counts.clear()
+        self.joint = 0
 
     def per_sample(self, n_samples: int) -> dict[str, float]:
         """Counts divided by the number of sample points the sampler returned."""
