@@ -23,24 +23,30 @@ adds ``c² Var(x̄)`` to the state's variance, against ``(e^{2η} − 1)`` per c
 of a step): ``Var(x̄) ≤ var_max = tol² d (e^{2η} − 1) / (n_est c²)``. Monte Carlo errors then inflate the
 step noise by at most ``tol²``. Bias is controlled separately: importance sampling (IS) is trusted only
 at ESS ≥ ``ess_min`` (self-normalised IS is biased by O(1/ESS): with ESS ≈ 1 it returns one proposal and
-the score forgets ``Y``), else ULA chains (warm-started, step from the curvature) estimate the mean.
+the score forgets ``Y``), else Markov chains estimate the mean (``diffpost.samplers.rdmc_chains``:
+MALA with per-chain adapted steps when the target has a density, ULA for a score alone; warm-started;
+stopped on the autocorrelation-aware variance of the mean and split-R̂).
 The final point is a draw from ``q_δ(· | Y_δ)`` (law ``π`` when ``Y ~ p_δ``): an IS particle resampled
-by weight when the ESS is ≥ ``ess_final``, else one ULA chain at a fifth of the step.
+by weight when the ESS is ≥ ``ess_final``, else the last state of one chain (ULA at a fifth of its step).
 ``T`` must leave ``p_T`` close to ``N(0, I)``: the start error decays as ``e^{−T}`` times the target's
 distance from the origin (four modes at radius 8: T = 2 gives 0.05 mass error with exact means).
 
 Where it is accurate (measured, docs/benchmarks.md): at the defaults the linear-Gaussian posterior
-(d = 4, 10) and the four-mode mixture at radius 8 (every mass within 0.03, ≈ 10⁴ evaluations per
-sample; ULA/MALA at that budget are off by 0.19). Where it is not: targets without a Lipschitz constant
-(the funnel, BOD) get ULA steps from an estimated curvature that mix too slowly within the inner budget
-(funnel samples gather in its mouth, finite but wrong); bounded supports need ``inner="is"`` (ULA has no
-gradient outside); separated modes in several dimensions (the 6-D GMM posterior) defeat both IS and ULA
-at large ``s``.
+(d = 4, 10), the four-mode mixture at radius 8 (every mass within 0.03, ≈ 10⁴ evaluations per sample;
+ULA/MALA at that budget are off by 0.19) and the BOD posterior (no Lipschitz constant; mean and
+standard deviations within Monte Carlo error of the quadrature at 1000 samples). Where it is not: on
+Neal's funnel the inner chains on ``q_s ≈ π`` do not mix at large ``s`` and IS sees only the slice
+``x1 ≈ log τ²``: at the defaults that is an ``InnerBudgetError`` (``max_unconverged``), not wrong
+samples; separated modes in several dimensions (the 6-D GMM posterior) defeat both IS and the chains
+at large ``s`` (chains converge inside the modes they start in), and the masses come out wrong without
+an error: that failure is not detected. Bounded supports: IS gives ``log π = −∞`` weight 0 and MALA
+rejects such proposals (ULA has no gradient outside).
 
 Randomness: ``generator`` is None, one generator, or one per sample; each sample draws only from its own
 generator, in amounts set by its own estimates, so with per-sample generators the samples do not
-depend on the batch size. Errors: any non-finite density (``log π = −∞`` is allowed in IS: zero
-weight), gradient, mean or state raises ``SamplerDivergedError`` naming the outer (and inner) step.
+depend on the batch size. Errors: any non-finite density (``log π = −∞`` is allowed: zero weight, a
+rejection), gradient, mean or state raises ``SamplerDivergedError`` naming the outer (and inner) step;
+inner estimates that miss their tolerance for too many samples raise ``InnerBudgetError`` (a subclass).
 """
 from __future__ import annotations
 
@@ -56,17 +62,24 @@ from diffpost.operators.base import LinearOperator
 from diffpost.random import GeneratorLike, randn
 from diffpost.samplers.errors import SamplerDivergedError, check_finite
 from diffpost.samplers.langevin import NoiseStream
+from diffpost.samplers.rdmc_chains import RHAT_MAX
 from diffpost.samplers.rdmc_inner import InnerEstimator, InnerSettings, InnerStats
 from diffpost.targets.base import EvalCounter, Target
 
-__all__ = ["rdmc", "rdmc_score_prior", "rdmc_time_grid", "regularised_mean_estimate", "InnerBudgetWarning",
-           "SamplerDivergedError"]
+__all__ = ["rdmc", "rdmc_score_prior", "rdmc_time_grid", "regularised_mean_estimate", "InnerBudgetError",
+           "InnerBudgetWarning", "SamplerDivergedError"]
 
 Inner = Literal["auto", "mala", "ula", "is", "exact"]
 
 
 class InnerBudgetWarning(UserWarning):
     """rdMC's per-estimate evaluation cap stopped some inner estimates before their tolerance was met."""
+
+
+class InnerBudgetError(SamplerDivergedError):
+    """Too many samples had an inner estimate stopped by the cap (chains that did not mix, importance
+    weights that did not settle): their scores, hence the samples, cannot be trusted. A subclass of the
+    divergence error, so scripts report it as one line and write nothing."""
 
 
 def rdmc_time_grid(T: float, n_outer: int, early_stop: float, grid: Literal["uniform", "geometric"] = "geometric") -> list[float]:
@@ -110,6 +123,7 @@ def rdmc(
     n_chains: int = 4,
     burn_in: tuple[int, int] = (10, 100),
     max_inner_evals: int = 4096,
+    max_unconverged: float = 0.1,
     pool: int = 1024,
     ula_step: float | None = None,
     lipschitz: float | None = None,
@@ -119,21 +133,29 @@ def rdmc(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Draw ``n_samples`` points ``(n, d)`` from ``target`` by rdMC; returns ``(samples, info)``.
 
-    ``inner``: ``"auto"`` chooses per sample and step between IS and ULA from the IS pilot's ESS (module
-    docstring); ``"is"``/``"ula"`` force one estimator (still sized by ``tol``); ``"exact"`` uses
+    ``inner``: ``"auto"`` chooses per sample and step between IS and MALA chains from the IS pilot's ESS
+    (module docstring); ``"is"``/``"mala"``/``"ula"`` force one estimator (still sized by ``tol``; ULA needs
+    only gradients); ``"exact"`` uses
     ``exact_mean(Y, s)`` or the target's ``regularised_mean`` (and ``regularised_sample`` for the draw).
     ``tol``: Monte Carlo error of the drift relative to the step's injected noise. ``ess_min``: smallest
     ESS at which an IS mean is used; ``ess_final``: the same for the final IS draw. ``is_pilot``: first IS
-    batch (then doubling). ``n_chains``: ULA chains per sample; ``burn_in``: steps after a warm / cold
+    batch (then doubling). ``n_chains``: inner chains per sample; ``burn_in``: steps after a warm / cold
     start. ``max_inner_evals``: cap on density/gradient evaluations per sample per inner estimate; where
-    it stops an estimate short of ``tol`` an ``InnerBudgetWarning`` says how often and by how much.
-    ``lipschitz``: the target's (default ``target.lipschitz``; without one a per-sample secant estimate
-    is used); ``ula_step`` fixes the ULA step instead. ``final_sample=False`` returns ``Y_δ`` (law ``p_δ``).
+    it stops an estimate short of ``tol`` an ``InnerBudgetWarning`` says how often and by how much; once
+    more than a fraction ``max_unconverged`` of the samples has had an estimate stopped so (at any outer
+    step), ``InnerBudgetError`` stops the run: on Neal's funnel the inner chains on ``q_s ≈ π`` do not mix
+    at large ``s`` and the samples would be wrong (SW2 41 against 4.2 for MALA), so it is an error, not
+    an answer. ``max_unconverged=1`` only warns.
+    ``lipschitz``: the target's (default ``target.lipschitz``; without one a per-sample curvature estimate
+    is used): ULA's step, and MALA's first step before it adapts; ``ula_step`` fixes the ULA step instead.
+    ``final_sample=False`` returns ``Y_δ`` (law ``p_δ``).
     ``callback`` gets ``dict(step, s, s_next, state, mean, x)`` after each outer step.
 
     ``info``: ``counts``, ``counts_per_sample``, ``evals_per_sample``, ``time_s``, ``times`` (the grid),
-    ``inner`` (per outer step: "is", "ula", "mixed" or "exact"), ``estimates`` (per inner estimate: rows
-    on IS/ULA, mean proposals, median ESS, mean ULA steps, cap hits), ``cap_hits``, ``n_estimates``.
+    ``inner`` (per outer step: "is", "mcmc", "mixed" or "exact"), ``estimates`` (per inner estimate: rows
+    on IS/chains, mean proposals, median ESS, mean chain steps, cap hits), ``cap_hits``, ``n_estimates``,
+    ``unconverged`` (samples with an estimate stopped by the cap). ``evals_per_sample`` counts a density
+    with its gradient from one call once (one pass, as MALA's in the benchmark).
     """
     if not isinstance(target, Target):
         raise TypeError(f"rdmc: target must be a Target, got {type(target).__name__}")
@@ -143,6 +165,8 @@ def rdmc(
         raise ValueError(f"rdmc: scheme must be 'heun' or 'euler', got {scheme!r}")
     if min(n_samples, is_pilot, max_inner_evals, min(burn_in)) < 1 or n_chains < 2:
         raise ValueError("rdmc: n_samples, is_pilot, max_inner_evals, burn_in must be positive and n_chains >= 2")
+    if not 0 <= max_unconverged <= 1:
+        raise ValueError(f"rdmc: max_unconverged must be in [0, 1], got {max_unconverged}")
     for name, v in (("tol", tol), ("ess_min", ess_min), ("ess_final", ess_final)):
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"rdmc: {name} must be positive and finite, got {v}")
@@ -191,6 +215,14 @@ def rdmc(
             Y_new = E * Y + w0 * v0 + w1 * _score(x1, Y_new, s1) + noise
         check_finite(Y_new, "the reverse-diffusion state", where)
         info["inner"].append(_branch(info["estimates"][-n_est:]))
+        n_capped = int(est.capped.sum()) if inner != "exact" else 0
+        if n_capped > max_unconverged * n_samples:
+            raise InnerBudgetError(
+                f"{where}: the inner estimates of {n_capped} of {n_samples} samples did not converge within "
+                f"max_inner_evals={max_inner_evals} (chains not mixed, R̂ ≥ {RHAT_MAX}, or the variance above tol={tol}), "
+                f"more than max_unconverged={max_unconverged}: rdMC cannot sample this target at these settings "
+                "(e.g. Neal's funnel); raise max_inner_evals, use another sampler, or pass max_unconverged=1 to "
+                "get the samples with a warning")
         if callback is not None:
             callback({"step": k, "s": s, "s_next": s1, "state": Y, "mean": x0, "x": Y_new})
         Y = Y_new
@@ -205,6 +237,7 @@ def rdmc(
     info.update(counts=dict(counter.counts), counts_per_sample=counter.per_sample(n_samples),
                 evals_per_sample=counter.passes() / n_samples, time_s=time.perf_counter() - t0,
                 cap_hits=hits, n_estimates=len(info["estimates"]) * n_samples,
+                unconverged=int(est.capped.sum()) if inner != "exact" else 0,
                 estimates=[vars(e) for e in info["estimates"]])
     if hits:
         worst = max(e["worst_ratio"] for e in info["estimates"])
@@ -234,7 +267,7 @@ def regularised_mean_estimate(
     generator: GeneratorLike = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """rdMC's Monte Carlo estimate of ``E_{q_s}[x0 | x]`` for each row of ``x`` ``(n, d)`` to a variance
-    ``var_max`` (trace), by IS or ULA alone (the inner step of ``rdmc``, exposed for diagnostics and
+    ``var_max`` (trace), by IS, MALA or ULA alone (the inner step of ``rdmc``, exposed for diagnostics and
     tests). Returns ``(mean, info)`` with ``counts`` and the call's statistics."""
     if method not in ("mala", "ula", "is"):
         raise ValueError(f"method must be 'mala', 'ula' or 'is', got {method!r}")
@@ -308,6 +341,7 @@ def rdmc_score_prior(
     tol: float = 0.2,
     n_chains: int = 4,
     max_inner_evals: int = 4096,
+    max_unconverged: float = 1.0,
     ula_step: float | None = None,
     lipschitz: float | None = None,
     grid: Literal["uniform", "geometric"] = "geometric",
@@ -320,7 +354,8 @@ def rdmc_score_prior(
     ``s_φ(x0, σ_min) + Aᵀ(y − A x0)/σ_y² + e^{−s}(x − e^{−s}x0)/(1 − e^{−2s})``.
 
     ``lipschitz`` defaults to ``1/σ_min² + ‖A‖²/σ_y²`` (``‖A‖²`` by power iteration), which makes the
-    ULA steps small: mixing within ``q_s`` is slow for a sharp prior. Returns ``(n, *x_shape)`` samples
+    ULA steps small: mixing within ``q_s`` is slow for a sharp prior, so by default
+    (``max_unconverged=1``) capped estimates only warn (``rdmc``'s default 0.1 raises). Returns ``(n, *x_shape)`` samples
     and ``info`` as ``rdmc`` (``counts['grad']`` = denoiser evaluations, one per row).
     """
     if not isinstance(operator, LinearOperator):
@@ -336,6 +371,7 @@ def rdmc_score_prior(
     if lipschitz is None and ula_step is None:
         lipschitz = 1.0 / sigma_min**2 + _operator_norm_sq(operator, dtype) / sigma_y**2
     x, info = rdmc(target, n_samples, generator=generator, T=T, n_outer=n_outer, early_stop=early_stop, inner="ula",
-                   tol=tol, n_chains=n_chains, max_inner_evals=max_inner_evals, ula_step=ula_step, lipschitz=lipschitz,
+                   tol=tol, n_chains=n_chains, max_inner_evals=max_inner_evals, max_unconverged=max_unconverged,
+                   ula_step=ula_step, lipschitz=lipschitz,
                    grid=grid, final_sample=final_sample, callback=callback)
     return x.reshape(n_samples, *operator.x_shape), info

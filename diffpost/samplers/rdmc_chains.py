@@ -2,18 +2,18 @@
 
     q_s(z | Y) ∝ π(z) N(z; e^{s} Y, τ² I),   τ² = e^{2s} − 1,   ∇log q_s(z) = ∇log π(z) − (z − e^{s}Y)/τ²,
 
-whose pooled post-burn-in average estimates ``E_{q_s}[z]`` to a variance ``var_max`` (the between-chain
-variance of the chain means, checked after every block of steps).
+whose average over the second half of the run estimates ``E_{q_s}[z]``, checked after every block of
+steps: done when the variance of that mean (block means' spread × their autocorrelation time) is
+≤ ``var_max`` and split-R̂ < 1.1 (``_block_estimate``), or the cap.
 
-- ``kind="mala"`` (a target with a log-density): Metropolis-adjusted Langevin. Each row's step is adapted
-  during the burn-in by Robbins–Monro on ``log h`` towards the acceptance rate 0.574 (over the row's
-  chains) and frozen after it, so the kept states come from one fixed MH kernel: no step-size bias and
-  no Lipschitz constant needed. The step carries over to the next call, rescaled by ``τ²_new/τ²_old`` when
-  ``q_s`` narrows (its Gaussian factor sets the scale at small ``s``). ``log π = −∞`` at a proposal is a
-  rejection (bounded supports). Before: ULA with a step from an estimated curvature, which on targets
-  without a Lipschitz constant (the funnel, BOD) was too small to mix within the budget (a 4-chain
-  between-chain variance of chains that barely moved looked converged) — the adapted MALA step is what
-  the curvature estimate was trying to guess.
+- ``kind="mala"`` (a target with a log-density): Metropolis-adjusted Langevin. Each chain adapts its
+  own step by Robbins–Monro on ``log h`` towards the acceptance rate 0.574 with a diminishing gain
+  ``0.5/(k + 1)^0.6`` (diminishing adaptation keeps the chain ergodic; a chain started in a tail, where
+  the bulk's step is rejected, still shrinks its own), so no Lipschitz constant is needed. The steps
+  carry over to the next call, rescaled by ``τ²_new/τ²_old`` when ``q_s`` narrows (its Gaussian factor
+  sets the scale at small ``s``). ``log π = −∞`` at a proposal is a rejection (bounded supports).
+  Before: ULA with a step from an estimated curvature, which on targets without a Lipschitz constant
+  (the funnel, BOD) was too small to mix within the budget.
 - ``kind="ula"`` (a score without a density, e.g. a learned prior): unadjusted Langevin with step
   ``f/(L + 1/τ²)``, ``L`` the target's Lipschitz constant or a per-row curvature estimate (power
   iteration on the Hessian by gradient differences, then the running maximum of secants along the
@@ -40,6 +40,8 @@ from diffpost.targets.base import EvalCounter
 TARGET_ACCEPT = 0.574
 #: whole kept blocks before the variance of an inner mean is trusted (an autocorrelation needs a series)
 MIN_BLOCKS = 4
+#: split-R̂ below which an inner chain run counts as mixed (Gelman et al.'s customary 1.1)
+RHAT_MAX = 1.1
 
 
 def sub_generator(generator: GeneratorLike, rows: torch.Tensor) -> GeneratorLike:
@@ -68,8 +70,9 @@ class InnerChains:
         self.warm = torch.zeros(n, dtype=torch.bool, device=device)
         full = lambda v: torch.full((n,), v, dtype=dtype, device=device)  # noqa: E731
         self.L = full(math.nan if lipschitz is None else float(lipschitz))  # per-row curvature (ULA; MALA's first step)
-        self.log_h = full(math.nan)  # MALA's adapted step, carried between calls
+        self.log_h = torch.full((n, n_chains), math.nan, dtype=dtype, device=device)  # MALA's per-chain steps, carried
         self.tau2 = full(math.nan)  # τ² of the call that set log_h
+        self.capped = torch.zeros(n, dtype=torch.bool, device=device)  # rows with an estimate stopped by the cap
 
     # ------------------------------------------------------------------ target
     def _eval(self, z, centre, tau2, where):
@@ -115,14 +118,15 @@ class InnerChains:
         else:
             unknown = torch.isnan(self.L[rows])
             if self.kind == "mala":
-                unknown &= torch.isnan(self.log_h[rows])
+                unknown &= torch.isnan(self.log_h[rows]).all(1)
             if bool(unknown.any()):
                 self._curvature(rows[unknown], z[unknown], g_pi[unknown], where)
             frac = self.step_fraction if self.kind == "ula" else 1.0
             h = frac / (self.L[rows] + 1 / tau2)
+        h = h[:, None].expand(-1, self.m)
         if self.kind == "mala":
             known = torch.isfinite(self.log_h[rows])
-            carried = self.log_h[rows] + torch.log(torch.clamp(tau2 / self.tau2[rows], max=1.0))
+            carried = self.log_h[rows] + torch.log(torch.clamp(tau2 / self.tau2[rows], max=1.0))[:, None]
             h = torch.where(known, carried.exp(), h)
         return h
 
@@ -146,12 +150,12 @@ class InnerChains:
             n_burn = torch.full((r_all,), int(burn), dtype=torch.long, device=self.device)
         max_steps = max(self.burn_cold + self.block, self.max_evals // m)  # one (joint) evaluation per chain and step
         steps = torch.zeros(r_all, dtype=torch.long, device=self.device)
-        kept = torch.zeros(r_all, dtype=torch.long, device=self.device)
         n_blocks = -(-max_steps // self.block) + 1
         block_sums = torch.zeros(r_all, m, n_blocks, self.d, dtype=self.dtype, device=self.device)
         block_kept = torch.zeros(r_all, n_blocks, dtype=torch.long, device=self.device)
         active = torch.arange(r_all, device=self.device)
         ratios, var = [], torch.full((r_all,), math.inf, dtype=self.dtype, device=self.device)
+        mean = torch.zeros(r_all, self.d, dtype=self.dtype, device=self.device)
         while active.numel():
             r = rows[active]
             gen = sub_generator(self.generator, r)
@@ -164,7 +168,7 @@ class InnerChains:
             for j in range(self.block):
                 k = steps[active] + j  # this row's step index
                 at = f"{where}, inner {self.kind.upper()} step {int(k.max())}"
-                ha = lha.exp()[:, None, None]
+                ha = lha.exp()[..., None]
                 prop = za + ha * ga + torch.sqrt(2 * ha) * noise[:, j]
                 check_finite(prop, f"the inner {self.kind.upper()} state", at)
                 lq_p, gpi_p, g_p = self._eval(prop, ca, tau2, at)
@@ -183,59 +187,80 @@ class InnerChains:
                     ga = torch.where(acc[..., None], g_p, ga)
                     gpi = torch.where(acc[..., None], gpi_p, gpi)
                     lqa = torch.where(acc, lq_p, lqa)
-                    adapting = k < n_burn[active]
-                    gain = 0.5 / (k.to(self.dtype) + 1) ** 0.6
-                    lha = torch.where(adapting, lha + gain * (alpha.mean(1) - TARGET_ACCEPT), lha)
+                    gain = 0.5 / (k.to(self.dtype) + 1) ** 0.6  # diminishing adaptation: a chain in a tail still adapts
+                    lha = lha + gain[:, None] * (alpha - TARGET_ACCEPT)
                 after = (k + 1) > n_burn[active]
                 bsum += torch.where(after[:, None, None], za, torch.zeros_like(za))
                 bkept += after.long()
             b = steps[active] // self.block
             block_sums[active, :, b], block_kept[active, b] = bsum, bkept
-            kept[active] += bkept
             z[active], g[active], g_pi[active], log_h[active] = za, ga, gpi, lha
             if lq is not None:
                 lq[active] = lqa
             steps[active] += self.block
-            var[active] = _mean_variance(block_sums[active], block_kept[active], steps[active] // self.block, self.block)
-            done = (kept[active] > 0) & (var[active] <= var_max)
+            mean[active], var[active], rhat, spread = _block_estimate(block_sums[active], block_kept[active],
+                                                                      steps[active] // self.block, self.block)
+            # R̂ matters only where the chains' own spread could exceed the allowed error: an estimate anywhere
+            # among the states of chains that spread less than that is within it
+            done = (var[active] <= var_max) & ((rhat < RHAT_MAX) | (spread <= var_max))
             cap = steps[active] + self.block > max_steps
             if bool((cap & ~done).any()):
-                ratios += (var[active] / var_max)[cap & ~done].tolist()
+                ratios += torch.maximum(var[active] / var_max, rhat / RHAT_MAX)[cap & ~done].tolist()
+                self.capped[r[cap & ~done]] = True
             active = active[~(done | cap)]
         self.z[rows] = z
         self.warm[rows] = True
         if self.kind == "mala":
             self.log_h[rows], self.tau2[rows] = log_h, tau2
-        mean = block_sums.sum((1, 2)) / (kept * m).clamp_min(1)[:, None]
         return mean, z[:, 0], steps, ratios
 
 
-def _mean_variance(block_sums: torch.Tensor, block_kept: torch.Tensor, n_done: torch.Tensor, block: int) -> torch.Tensor:
-    """Variance (trace) of the grand mean of every row's kept chain states: the spread of the block means
-    about the grand mean (over all chains, so chains stuck in different places count) times their
-    integrated autocorrelation time in blocks (Geyer's initial monotone sequence,
-    ``diffpost.metrics.integrated_autocorrelation_time``) over the number of blocks. The between-chain
-    variance of 4 chain means alone (3 degrees of freedom, blind to the slow drift every chain shares
-    after a warm start) understated the error of the inner means 3–30× on the BOD posterior, and
-    stopping on it selected lucky runs.
+def _block_estimate(block_sums: torch.Tensor, block_kept: torch.Tensor, n_done: torch.Tensor, block: int):
+    """Mean, variance (trace) of that mean, and split-R̂ of every row's chains, from the whole kept
+    blocks of the second half of its run (``nb = min(kept blocks, ⌈run/2⌉)`` blocks, at least
+    ``MIN_BLOCKS``: the first half of a run is burn-in, as in Stan's warm-up, because a fixed burn-in
+    left chains started in a tail 2–6 posterior standard deviations away on the BOD posterior).
+
+    Variance: the spread of the block means about the grand mean (over all chains, so chains in
+    different places count) times their integrated autocorrelation time in blocks
+    (``diffpost.metrics.integrated_autocorrelation_time``) over the number of blocks. R̂ (Gelman–Rubin on
+    each chain's two halves, largest over coordinates) catches the drift every chain shares after a
+    start away from the mass, which no variance of a stationary series sees. (Before: the between-chain
+    variance of 4 chain means after a fixed burn-in, with one step per row; on BOD its inner means were
+    off by 3–48 × the variance it allowed, chains 3–6 posterior standard deviations away counted as
+    converged.)
 
     ``block_sums`` ``(r, m, n_blocks, d)`` sums of kept states per block, ``block_kept`` ``(r, n_blocks)``
-    kept steps per block, ``n_done`` ``(r,)`` blocks run. Only whole kept blocks count; rows with fewer
-    than ``MIN_BLOCKS`` give ``inf``."""
+    kept steps per block, ``n_done`` ``(r,)`` blocks run. Also returns the spread (trace) of the block
+    means. Rows with too few blocks give ``inf``."""
     r, m, _, d = block_sums.shape
-    out = torch.full((r,), math.inf, dtype=block_sums.dtype, device=block_sums.device)
+    inf = torch.full((r,), math.inf, dtype=block_sums.dtype, device=block_sums.device)
+    mean, var, rhat, spread_tr = torch.zeros(r, d, dtype=inf.dtype, device=inf.device), inf.clone(), inf.clone(), inf.clone()
     full = block_kept == block
     first = torch.where(full.any(1), full.long().argmax(1), n_done)  # blocks before it hold burn-in
-    n_full = n_done - first
-    key = n_done * (block_kept.shape[1] + 1) + n_full
-    for k in torch.unique(key[n_full >= MIN_BLOCKS]).tolist():  # rows with the same run length and burn-in
+    nb_all = torch.minimum(n_done - first, (n_done + 1) // 2)
+    key = n_done * (block_kept.shape[1] + 1) + nb_all
+    for k in torch.unique(key).tolist():  # rows with the same run length and burn-in, batched together
         rows = (key == k).nonzero().squeeze(1)
-        end, nb = int(n_done[rows[0]]), int(n_full[rows[0]])
+        end, nb = int(n_done[rows[0]]), int(nb_all[rows[0]])
+        if nb < 1:
+            continue
         means = block_sums[rows][:, :, end - nb:end] / block  # (g, m, nb, d)
+        mean[rows] = means.mean((1, 2))
+        if nb < MIN_BLOCKS:
+            continue
         spread = ((means - means.mean((1, 2), keepdim=True)) ** 2).mean((1, 2))  # (g, d)
         tau = integrated_autocorrelation_time(means.transpose(1, 2)).clamp_min(1.0)  # (g, d), in blocks
-        out[rows] = (spread * tau).sum(1) / (m * nb)
-    return out
+        var[rows] = (spread * tau).sum(1) / (m * nb)
+        spread_tr[rows] = spread.sum(1)
+        half = nb // 2
+        seqs = means[:, :, nb - 2 * half:].reshape(len(rows), 2 * m, half, d)  # each chain's two halves
+        W = seqs.var(2).mean(1)
+        B_n = seqs.mean(2).var(1)
+        pooled = (half - 1) / half * W + B_n
+        r_hat = torch.sqrt(pooled / W.clamp_min(torch.finfo(W.dtype).tiny)).amax(1)
+        rhat[rows] = torch.where((W > 0).all(1), r_hat, torch.where((B_n > 0).any(1), inf[rows], torch.ones_like(r_hat)))
+    return mean, var, rhat, spread_tr
 
 
 __all__ = ["InnerChains", "SamplerDivergedError", "TARGET_ACCEPT", "sub_generator"]

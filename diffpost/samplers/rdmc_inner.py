@@ -198,6 +198,12 @@ class InnerEstimator:
         self.fit_chol = torch.eye(self.d, dtype=dtype, device=device).repeat(n, 1, 1) if self.fit else None
         self.has_fit = torch.zeros(n, dtype=torch.bool, device=device)
         self.is_failed = torch.zeros(n, dtype=torch.bool, device=device)
+        self._capped = torch.zeros(n, dtype=torch.bool, device=device)
+
+    @property
+    def capped(self) -> torch.Tensor:
+        """Rows (samples) with at least one estimate stopped by the cap short of its tolerance."""
+        return self._capped | self.chains.capped
 
     def _proposals(self, rows, Y, s, m):
         """``m`` proposals per row and ``log g`` of the density that drew them: the Gaussian factor
@@ -274,6 +280,7 @@ class InnerEstimator:
             hopeless = ~done & ((short & evidence) | full) & (not first) & (not force)
             at_cap = ~done & ~hopeless & full  # only when forced: IS is then the estimate, short of its target
             ratios += torch.maximum(var[active] / var_max, ess_target / ess[active].clamp_min(1e-300))[at_cap].tolist()
+            self._capped[rows[active[at_cap]]] = True
             to_chains.append(active[hopeless])
             active = active[~(done | hopeless | at_cap)]
             if not active.numel():
