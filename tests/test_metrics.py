@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from diffpost.metrics import autocorrelation_ess, effective_sample_size, log_z_error, mmd, mode_masses, sliced_wasserstein2
+from diffpost.metrics import (autocorrelation_ess, effective_sample_size, integrated_autocorrelation_time, log_z_error, mmd,
+                              mode_masses, sliced_wasserstein2)
 from diffpost.random import make_generator, randn
 
 pytestmark = pytest.mark.usefixtures("no_global_rng")
@@ -122,6 +123,19 @@ def test_autocorrelation_ess_iid_and_ar1():
     assert float(autocorrelation_ess(ar)[0]) == pytest.approx(n * m / 3, rel=0.15)
     # single-chain and 1-D input shapes
     assert float(autocorrelation_ess(ar[:, 0, 0])) == pytest.approx(n / 3, rel=0.25)
+
+
+def test_integrated_autocorrelation_time_is_batched_and_flags_constant_chains():
+    # AR(1), ρ = 0.5 and 0.8: τ = (1 + ρ)/(1 − ρ) = 3 and 9, in one call with a leading batch dimension;
+    # each batch entry equals the unbatched result (catches a reduction over the wrong axis)
+    n, m = 4000, 4
+    chains = torch.stack([_ar1(n, m, 0.5, 2), _ar1(n, m, 0.8, 3)])  # (2, n, m, 1)
+    tau = integrated_autocorrelation_time(chains)
+    assert tau.shape == (2, 1)
+    assert float(tau[0, 0]) == pytest.approx(3.0, rel=0.15) and float(tau[1, 0]) == pytest.approx(9.0, rel=0.2)
+    assert torch.allclose(tau[1], integrated_autocorrelation_time(chains[1]), rtol=1e-12)
+    flat = torch.cat([chains[0], torch.ones(n, m, 1, dtype=F64)], -1)
+    assert integrated_autocorrelation_time(flat)[1] == math.inf
 
 
 def test_log_z_error():

@@ -77,6 +77,21 @@ def test_defaults_linear_gaussian_full_precision(dim):
     check_moments(x, t, cov_tol=0.10)
 
 
+@pytest.mark.slow
+def test_defaults_bod_matches_quadrature():
+    """The BOD posterior (2-D banana, no Lipschitz constant) at the defaults, 2000 samples, against its
+    mean and standard deviations by a 600² midpoint rule (the target's own quadrature of its density):
+    mean within 5 SE, standard deviations within 5 %. Before the MALA inner chains: SW2 0.96, the
+    first coordinate's standard deviation 1.38 against 0.41 (this test on the old code). Measured: ≈ 17 500
+    evaluations per sample."""
+    t = BiochemicalOxygenDemand()
+    x, info = rdmc(t, 2000, generator=make_generator(16))
+    sd = torch.diagonal(t.posterior_cov).sqrt()
+    assert bool(((x.mean(0) - t.posterior_mean).abs() < 5 * sd / math.sqrt(2000)).all()), (x.mean(0), t.posterior_mean)
+    assert bool(((x.std(0) / sd - 1).abs() < 0.05).all()), (x.std(0), sd)
+    assert info["evals_per_sample"] < 40_000
+
+
 def _four_mode_masses(n, seed):
     t = FourMode2D(8.0)
     x, info = rdmc(t, n, generator=make_generator(seed))
