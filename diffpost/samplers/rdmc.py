@@ -181,7 +181,7 @@ def rdmc(
     counter = EvalCounter(target)
     cfg = InnerSettings(is_pilot=is_pilot, ess_min=ess_min, n_chains=n_chains, burn_warm=burn_in[0], burn_cold=burn_in[1],
                         max_evals=max_inner_evals, pool=pool, lipschitz=L, ula_step=ula_step,
-                        chains="ula" if inner == "ula" else "mala")
+                        chains="ula" if inner == "ula" else "mala", mode_search_s=T)
     Y = randn((n_samples, target.dim), generator, dtype=target.dtype)
     est = InnerEstimator(counter, n_samples, generator, cfg, dtype=Y.dtype, device=Y.device)
     info: dict[str, Any] = {"times": times, "inner": [], "estimates": []}
@@ -275,7 +275,7 @@ def regularised_mean_estimate(
         raise ValueError(f"forward time s must be positive, got {s}")
     counter = EvalCounter(target)
     cfg = InnerSettings(max_evals=max_inner_evals, lipschitz=lipschitz if lipschitz is not None else target.lipschitz,
-                        chains="ula" if method == "ula" else "mala")
+                        chains="ula" if method == "ula" else "mala", mode_search_s=max(s, 1.0))
     est = InnerEstimator(counter, x.shape[0], generator, cfg, dtype=x.dtype, device=x.device)
     mean, stats = est.estimate(x, s, var_max, f"regularised_mean_estimate at s={s:.4g}", method)
     return mean, {"counts": dict(counter.counts), **vars(stats)}
