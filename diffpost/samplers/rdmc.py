@@ -31,16 +31,19 @@ by weight when the ESS is ≥ ``ess_final``, else the last state of one chain (U
 ``T`` must leave ``p_T`` close to ``N(0, I)``: the start error decays as ``e^{−T}`` times the target's
 distance from the origin (four modes at radius 8: T = 2 gives 0.05 mass error with exact means).
 
+Where plain IS fails (ESS too low: separated modes in several dimensions, narrow posteriors at large
+``s``) it is retried with a Laplace mixture at ``π``'s modes tilted to ``q_s`` (``rdmc_modes``), before the
+chains take over; chains alone keep the masses of the basins they start in.
+
 Where it is accurate (measured, docs/benchmarks.md): at the defaults the linear-Gaussian posterior
-(d = 4, 10), the four-mode mixture at radius 8 (every mass within 0.03, ≈ 10⁴ evaluations per sample;
-ULA/MALA at that budget are off by 0.19) and the BOD posterior (no Lipschitz constant; mean and
-standard deviations within Monte Carlo error of the quadrature at 1000 samples). Where it is not: on
-Neal's funnel the inner chains on ``q_s ≈ π`` do not mix at large ``s`` and IS sees only the slice
-``x1 ≈ log τ²``: at the defaults that is an ``InnerBudgetError`` (``max_unconverged``), not wrong
-samples; separated modes in several dimensions (the 6-D GMM posterior) defeat both IS and the chains
-at large ``s`` (chains converge inside the modes they start in), and the masses come out wrong without
-an error: that failure is not detected. Bounded supports: IS gives ``log π = −∞`` weight 0 and MALA
-rejects such proposals (ULA has no gradient outside).
+(d = 4, 10), the four-mode mixture at radius 8 (every mass within 0.03), the 6-D GMM posterior (masses
+within Monte Carlo error; it was off by 0.36 before the mode mixture) and the BOD posterior (no
+Lipschitz constant; mean and standard deviations within Monte Carlo error of the quadrature). Where it
+is not: on Neal's funnel the inner chains on ``q_s ≈ π`` do not mix at large ``s``, IS sees only the
+slice ``x1 ≈ log τ²`` and the mode search finds no converged mode (the density grows without bound down
+the neck): at the defaults that is an ``InnerBudgetError`` (``max_unconverged``), not wrong samples.
+Bounded supports: IS gives ``log π = −∞`` weight 0 and MALA rejects such proposals (ULA has no gradient
+outside).
 
 Randomness: ``generator`` is None, one generator, or one per sample; each sample draws only from its own
 generator, in amounts set by its own estimates, so with per-sample generators the samples do not

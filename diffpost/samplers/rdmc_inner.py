@@ -16,7 +16,10 @@ properties:
   ``Σ w̃² ‖z − x̄‖²`` but at least the weighted spread of ``q_s`` over the ESS, with the spread shrunk
   towards ``d τ²`` (the Gaussian factor's) by a pseudo-count of ``SHRINK``: a few dominant weights say
   little about the spread. A row whose ESS or variance, extrapolated in the number of proposals, cannot
-  meet its target within the cap goes to
+  meet its target within the cap is retried once with a second proposal component, the Laplace
+  mixture at ``π``'s modes tilted to ``q_s`` (``diffpost.samplers.rdmc_modes``; the modes are searched once
+  per run and shared by every row), which keeps serving that row's later estimates; if that fails too
+  it goes to
 - Markov chains on ``q_s`` (``diffpost.samplers.rdmc_chains``: MALA with adapted steps when the target
   has a density, ULA for a score alone), ``n_chains`` per row, warm-started from the previous call or,
   cold, resampled from the pool's weights; after a burn-in they run in blocks until the between-chain
@@ -35,10 +38,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from diffpost.random import GeneratorLike, make_generator, rand, randn
+from diffpost.random import GeneratorLike, rand, randn
 from diffpost.samplers.errors import SamplerDivergedError, check_finite
 from diffpost.samplers.rdmc_chains import InnerChains, sub_generator
-from diffpost.samplers.rdmc_modes import ModeMixture
+from diffpost.samplers.rdmc_modes import ModeMixture, log_gaussian
 from diffpost.targets.base import EvalCounter
 
 #: ``inner`` modes that use the chains alone (no importance sampling)
@@ -51,11 +54,6 @@ SHRINK = 4.0
 DEFENSIVE = 0.2
 #: largest dimension with a full-covariance proposal fit (d² per row and proposal)
 FIT_MAX_DIM = 32
-#: the search for π's modes: candidate points, ascent starts (the heaviest candidates, and as many
-#: others), fixed seed
-MODE_CANDIDATES = 4096
-MODE_STARTS = 128
-MODE_SEED = 20_240_611
 #: bound on the pool's floats (n · pool · d) so that large batches or dimensions stay in memory
 POOL_FLOATS = 1 << 24
 
@@ -187,14 +185,6 @@ class _Sums:
         return mean, ess, torch.maximum(delta, shrunk / ess.clamp_min(tiny))
 
 
-def _log_gaussian(z: torch.Tensor, mu: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """``log N(z; μ, LLᵀ)`` over the last axis (broadcasting leading axes), by a triangular solve."""
-    d = z.shape[-1]
-    diff = (z - mu).expand(*torch.broadcast_shapes(z.shape, mu.shape))
-    sol = torch.linalg.solve_triangular(L.expand(*diff.shape, d), diff[..., None], upper=False)[..., 0]
-    return -0.5 * (sol * sol).sum(-1) - torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1) - 0.5 * d * math.log(2 * math.pi)
-
-
 class InnerEstimator:
     """Mean and draw estimates of ``q_s(· | Y)`` for a batch of ``n`` rows (persistent pool and chains)."""
 
@@ -246,7 +236,7 @@ class InnerEstimator:
         if bool(fit.any()):
             mu, L = self.fit_mean[rows], self.fit_chol[rows]
             z = torch.where((fit[:, None] & use)[:, :, None], mu[:, None, :] + torch.einsum("rde,rme->rmd", L, xi), z)
-            log_g1 = torch.where(fit[:, None], _log_gaussian(z, mu[:, None], L[:, None]), log_g1)
+            log_g1 = torch.where(fit[:, None], log_gaussian(z, mu[:, None], L[:, None]), log_g1)
         if bool(modal.any()):
             q = modal.nonzero().squeeze(1)
             mk, Lk, logw = self.modes.components(rows[q], Y[q], s)
@@ -257,7 +247,7 @@ class InnerEstimator:
             z_mode = pick(mk) + torch.einsum("rmde,rme->rmd", pick(Lk), xi[q])
             zq = torch.where(use[q][:, :, None], z_mode, z[q])
             z = z.index_put((q,), zq)
-            lg = torch.logsumexp(logw[:, None, :] + _log_gaussian(zq[:, :, None, :], mk[:, None], Lk[:, None]), -1)
+            lg = torch.logsumexp(logw[:, None, :] + log_gaussian(zq[:, :, None, :], mk[:, None], Lk[:, None]), -1)
             log_g1 = log_g1.index_put((q,), lg)
         mix = torch.logaddexp(math.log(DEFENSIVE) + log_factor(z), math.log1p(-DEFENSIVE) + log_g1)
         return z, torch.where((fit | modal)[:, None], mix, log_factor(z))
@@ -354,30 +344,6 @@ class InnerEstimator:
             z0 = torch.where(ok[:, None, None], pick, z0)
         return z0
 
-    def _search_modes(self, where):
-        """The modes of ``π``, once per run and shared by every row (``π`` does not depend on ``Y``):
-        ascent from the ``MODE_STARTS`` heaviest of ``MODE_CANDIDATES`` points drawn from
-        ``N(0, (2e^{2T} − 1) I)`` (the law of the plain proposals at ``T = cfg.mode_search_s`` when
-        ``Y ~ N(0, I)``; a fixed ``T``, not the step that first needs the modes) and as many
-        drawn uniformly among them, with a fixed seed: the result depends on neither the batch nor the
-        rows' generators, so samples stay independent of the batch size. (Searching per row from its own
-        16–64 heaviest particles missed the heaviest mode of the 6-D GMM posterior in 6–25 % of rows.)"""
-        g = make_generator(MODE_SEED)
-        scale = math.sqrt(2 * math.exp(2 * self.cfg.mode_search_s) - 1)
-        cand = scale * randn((1, MODE_CANDIDATES, self.d), g, dtype=self.dtype, device=self.device)
-        lp = self.target.log_prob(cand[0])
-        lp = torch.where(torch.isnan(lp), torch.full_like(lp, -math.inf), lp)
-        top = torch.topk(lp, MODE_STARTS).indices
-        rest = torch.ones(MODE_CANDIDATES, dtype=torch.bool, device=self.device)
-        rest[top] = False
-        others = rest.nonzero().squeeze(1)
-        pick = others[torch.randperm(len(others), generator=g, device="cpu")[:MODE_STARTS].to(self.device)]
-        starts = cand[:, torch.cat([top, pick])]
-        one = ModeMixture(1, self.d, self.dtype, self.device)
-        one.search(self.target, torch.zeros(1, dtype=torch.long, device=self.device), starts, f"{where}, mode search")
-        self.modes.mu[:], self.modes.H[:], self.modes.log_mass[:] = one.mu[0], one.H[0], one.log_mass[0]
-        self.modes.searched[:] = True
-
     def mcmc(self, rows, Y, s, var_max, where, **kw):
         """The inner chains on ``q_s`` for ``rows``: (mean, last state of chain 0, steps per row, cap-hit ratios)."""
         return self.chains.run(rows, Y, s, var_max, where, self._init_chains, **kw)
@@ -394,7 +360,7 @@ class InnerEstimator:
             new = mc_rows[~self.modes.used[mc_rows]] if self.modes is not None else mc_rows[:0]
             if len(new):  # plain IS failed: retry with the Laplace mixture at π's modes (searched once per run)
                 if not bool(self.modes.searched.all()):
-                    self._search_modes(where)
+                    self.modes.search_shared(self.target, self.cfg.mode_search_s, f"{where}, mode search")
                 self.modes.used[new] = True
                 retry = new[self.modes.has[new]]
                 if len(retry):
