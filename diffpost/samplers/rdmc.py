@@ -65,7 +65,7 @@ from diffpost.operators.base import LinearOperator
 from diffpost.random import GeneratorLike, randn
 from diffpost.samplers.errors import SamplerDivergedError, check_finite
 from diffpost.samplers.langevin import NoiseStream
-from diffpost.samplers.rdmc_chains import RHAT_MAX
+from diffpost.samplers.rdmc_chains import RHAT_MAX, UNCONVERGED_RATIO
 from diffpost.samplers.rdmc_inner import InnerEstimator, InnerSettings, InnerStats
 from diffpost.targets.base import EvalCounter, Target
 
@@ -145,8 +145,8 @@ def rdmc(
     batch (then doubling). ``n_chains``: inner chains per sample; ``burn_in``: steps after a warm / cold
     start. ``max_inner_evals``: cap on density/gradient evaluations per sample per inner estimate; where
     it stops an estimate short of ``tol`` an ``InnerBudgetWarning`` says how often and by how much; once
-    more than a fraction ``max_unconverged`` of the samples has had an estimate stopped so (at any outer
-    step), ``InnerBudgetError`` stops the run: on Neal's funnel the inner chains on ``q_s ≈ π`` do not mix
+    more than a fraction ``max_unconverged`` of the samples has had an estimate stopped more than 2× short
+    (``rdmc_chains.UNCONVERGED_RATIO``; at any outer step), ``InnerBudgetError`` stops the run: on Neal's funnel the inner chains on ``q_s ≈ π`` do not mix
     at large ``s`` and the samples would be wrong (SW2 41 against 4.2 for MALA), so it is an error, not
     an answer. ``max_unconverged=1`` only warns.
     ``lipschitz``: the target's (default ``target.lipschitz``; without one a per-sample curvature estimate
@@ -222,7 +222,8 @@ def rdmc(
         if n_capped > max_unconverged * n_samples:
             raise InnerBudgetError(
                 f"{where}: the inner estimates of {n_capped} of {n_samples} samples did not converge within "
-                f"max_inner_evals={max_inner_evals} (chains not mixed, R̂ ≥ {RHAT_MAX}, or the variance above tol={tol}), "
+                f"max_inner_evals={max_inner_evals} (missed by more than {UNCONVERGED_RATIO:g}×: chains not mixed, R̂ ≥ "
+                f"{UNCONVERGED_RATIO * RHAT_MAX:g}, or a variance above {UNCONVERGED_RATIO:g}× that of tol={tol}), "
                 f"more than max_unconverged={max_unconverged}: rdMC cannot sample this target at these settings "
                 "(e.g. Neal's funnel); raise max_inner_evals, use another sampler, or pass max_unconverged=1 to "
                 "get the samples with a warning")

@@ -40,7 +40,7 @@ import torch
 
 from diffpost.random import GeneratorLike, rand, randn
 from diffpost.samplers.errors import SamplerDivergedError, check_finite
-from diffpost.samplers.rdmc_chains import InnerChains, sub_generator
+from diffpost.samplers.rdmc_chains import UNCONVERGED_RATIO, InnerChains, sub_generator
 from diffpost.samplers.rdmc_modes import ModeMixture, log_gaussian
 from diffpost.targets.base import EvalCounter
 
@@ -213,17 +213,18 @@ class InnerEstimator:
 
     def _proposals(self, rows, Y, s, m):
         """``m`` proposals per row and ``log g`` of the density that drew them: the Gaussian factor
-        ``N(e^{s}Y, τ²I)`` alone, or the defensive mixture ``DEFENSIVE · N(e^{s}Y, τ²I) + (1 − DEFENSIVE) · g₁``
-        with ``g₁`` the Laplace mixture at the row's modes of ``π`` tilted to ``q_s`` where it has one
-        (``rdmc_modes``), else the Gaussian fit of ``q_s`` where it has one."""
+        ``N(e^{s}Y, τ²I)`` alone, or the defensive mixture ``DEFENSIVE · N(e^{s}Y, τ²I) + (1 − DEFENSIVE) · g₁``,
+        ``g₁`` the Gaussian fit of ``q_s``, the Laplace mixture at ``π``'s modes tilted to ``q_s``
+        (``rdmc_modes``), or both in equal shares where the row has both (the modes serve the multimodal
+        ``q_s`` of large ``s``, the fit the local, skewed ``q_s`` of small ``s``)."""
         gen = sub_generator(self.generator, rows)
         xi = randn((len(rows), m, self.d), gen, dtype=self.dtype, device=self.device)
         tau2 = math.expm1(2 * s)
         centre = math.exp(s) * Y
         z = centre[:, None, :] + math.sqrt(tau2) * xi
         log_factor = lambda z: -0.5 * ((z - centre[:, None]) ** 2).sum(-1) / tau2 - 0.5 * self.d * math.log(2 * math.pi * tau2)  # noqa: E731
-        modal = self.modes.has[rows] if self.modes is not None else torch.zeros_like(self.has_fit[rows])
-        fit = self.has_fit[rows] & ~modal
+        fit = self.has_fit[rows]
+        modal = self.modes.has[rows] if self.modes is not None else torch.zeros_like(fit)
         aux = fit | modal
         if not bool(aux.any()):
             return z, log_factor(z)
@@ -231,12 +232,12 @@ class InnerEstimator:
         # draws never depend on what the other rows of the batch hold
         u = torch.zeros((len(rows), m), dtype=self.dtype, device=self.device)
         u[aux] = rand((int(aux.sum()), m), sub_generator(self.generator, rows[aux]), dtype=self.dtype, device=self.device)
-        use = u >= DEFENSIVE
-        log_g1 = torch.zeros_like(u)
+        share = torch.where(fit & modal, 0.5, 1.0).to(self.dtype)[:, None] * (1 - DEFENSIVE)  # of each second component
+        use_fit = fit[:, None] & (u >= DEFENSIVE) & (u < DEFENSIVE + share)
+        use_mode = modal[:, None] & (u >= 1 - share)
         if bool(fit.any()):
             mu, L = self.fit_mean[rows], self.fit_chol[rows]
-            z = torch.where((fit[:, None] & use)[:, :, None], mu[:, None, :] + torch.einsum("rde,rme->rmd", L, xi), z)
-            log_g1 = torch.where(fit[:, None], log_gaussian(z, mu[:, None], L[:, None]), log_g1)
+            z = torch.where(use_fit[:, :, None], mu[:, None, :] + torch.einsum("rde,rme->rmd", L, xi), z)
         if bool(modal.any()):
             q = modal.nonzero().squeeze(1)
             mk, Lk, logw = self.modes.components(rows[q], Y[q], s)
@@ -245,12 +246,17 @@ class InnerEstimator:
             k = torch.minimum(k, torch.isfinite(logw).sum(1, keepdim=True) - 1)  # never an empty slot
             pick = lambda t: torch.gather(t, 1, k.reshape(len(q), m, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]))  # noqa: E731
             z_mode = pick(mk) + torch.einsum("rmde,rme->rmd", pick(Lk), xi[q])
-            zq = torch.where(use[q][:, :, None], z_mode, z[q])
-            z = z.index_put((q,), zq)
-            lg = torch.logsumexp(logw[:, None, :] + log_gaussian(zq[:, :, None, :], mk[:, None], Lk[:, None]), -1)
-            log_g1 = log_g1.index_put((q,), lg)
-        mix = torch.logaddexp(math.log(DEFENSIVE) + log_factor(z), math.log1p(-DEFENSIVE) + log_g1)
-        return z, torch.where((fit | modal)[:, None], mix, log_factor(z))
+            z = z.index_put((q,), torch.where(use_mode[q][:, :, None], z_mode, z[q]))
+        terms = [math.log(DEFENSIVE) + log_factor(z)]
+        log_share = torch.log(share)
+        if bool(fit.any()):
+            lf = log_gaussian(z, mu[:, None], L[:, None])
+            terms.append(torch.where(fit[:, None], log_share + lf, torch.full_like(lf, -math.inf)))
+        if bool(modal.any()):
+            lm = torch.logsumexp(logw[:, None, :] + log_gaussian(z[q][:, :, None, :], mk[:, None], Lk[:, None]), -1)
+            terms.append(torch.full_like(terms[0], -math.inf).index_put((q,), log_share[q] + lm))
+        mix = torch.logsumexp(torch.stack(terms), 0)
+        return z, torch.where(aux[:, None], mix, log_factor(z))
 
     def _update_fit(self, rows, sums, local, ess):
         """Proposal fit from the IS sums (``local`` indexes ``sums`` like ``rows``) where the ESS supports
@@ -302,8 +308,9 @@ class InnerEstimator:
             evidence = (ess[active] >= 4) | self.is_failed[rows[active]]
             hopeless = ~done & ((short & evidence) | full) & (not first) & (not force)
             at_cap = ~done & ~hopeless & full  # only when forced: IS is then the estimate, short of its target
-            ratios += torch.maximum(var[active] / var_max, ess_target / ess[active].clamp_min(1e-300))[at_cap].tolist()
-            self._capped[rows[active[at_cap]]] = True
+            ratio = torch.maximum(var[active] / var_max, ess_target / ess[active].clamp_min(1e-300))
+            ratios += ratio[at_cap].tolist()
+            self._capped[rows[active[at_cap & (ratio > UNCONVERGED_RATIO)]]] = True
             to_chains.append(active[hopeless])
             active = active[~(done | hopeless | at_cap)]
             if not active.numel():
