@@ -214,17 +214,17 @@ class InnerEstimator:
     def _proposals(self, rows, Y, s, m):
         """``m`` proposals per row and ``log g`` of the density that drew them: the Gaussian factor
         ``N(e^{s}Y, τ²I)`` alone, or the defensive mixture ``DEFENSIVE · N(e^{s}Y, τ²I) + (1 − DEFENSIVE) · g₁``,
-        ``g₁`` the Gaussian fit of ``q_s``, the Laplace mixture at ``π``'s modes tilted to ``q_s``
-        (``rdmc_modes``), or both in equal shares where the row has both (the modes serve the multimodal
-        ``q_s`` of large ``s``, the fit the local, skewed ``q_s`` of small ``s``)."""
+        ``g₁`` the Laplace mixture at ``π``'s modes tilted to ``q_s`` (``rdmc_modes``) where the row has one,
+        else the Gaussian fit of ``q_s`` where it has one."""
         gen = sub_generator(self.generator, rows)
         xi = randn((len(rows), m, self.d), gen, dtype=self.dtype, device=self.device)
         tau2 = math.expm1(2 * s)
         centre = math.exp(s) * Y
         z = centre[:, None, :] + math.sqrt(tau2) * xi
         log_factor = lambda z: -0.5 * ((z - centre[:, None]) ** 2).sum(-1) / tau2 - 0.5 * self.d * math.log(2 * math.pi * tau2)  # noqa: E731
-        fit = self.has_fit[rows]
-        modal = self.modes.has[rows] if self.modes is not None else torch.zeros_like(fit)
+        modal = self.modes.has[rows] if self.modes is not None else torch.zeros_like(self.has_fit[rows])
+        fit = self.has_fit[rows] & ~modal  # where both exist the modes serve alone (measured: both in equal
+        # shares biased the BOD posterior's mean by 5 standard errors at 2000 samples)
         aux = fit | modal
         if not bool(aux.any()):
             return z, log_factor(z)
