@@ -32,8 +32,8 @@ by weight when the ESS is ≥ ``ess_final``, else the last state of one chain (U
 distance from the origin (four modes at radius 8: T = 2 gives 0.05 mass error with exact means).
 
 Where plain IS fails (ESS too low: separated modes in several dimensions, narrow posteriors at large
-``s``) it is retried with a Laplace mixture at ``π``'s modes tilted to ``q_s`` (``rdmc_modes``), before the
-chains take over; chains alone keep the masses of the basins they start in.
+``s``) it is retried with a Laplace mixture at ``π``'s modes tilted to ``q_s`` (``rdmc_modes``; where the search
+finds two or more), before the chains take over; chains alone keep the masses of the basins they start in.
 
 Where it is accurate (measured, docs/benchmarks.md): at the defaults the linear-Gaussian posterior
 (d = 4, 10), the four-mode mixture at radius 8 (every mass within 0.03), the 6-D GMM posterior (masses

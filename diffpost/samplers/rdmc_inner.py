@@ -17,9 +17,9 @@ properties:
   towards ``d τ²`` (the Gaussian factor's) by a pseudo-count of ``SHRINK``: a few dominant weights say
   little about the spread. A row whose ESS or variance, extrapolated in the number of proposals, cannot
   meet its target within the cap is retried once with a second proposal component, the Laplace
-  mixture at ``π``'s modes tilted to ``q_s`` (``diffpost.samplers.rdmc_modes``; the modes are searched once
-  per run and shared by every row), which keeps serving that row's later estimates; if that fails too
-  it goes to
+  mixture at ``π``'s modes tilted to ``q_s`` (``diffpost.samplers.rdmc_modes``; searched once per run and
+  shared by every row; targets with one mode do without), which keeps serving that row's later
+  estimates; if that fails too it goes to
 - Markov chains on ``q_s`` (``diffpost.samplers.rdmc_chains``: MALA with adapted steps when the target
   has a density, ULA for a score alone), ``n_chains`` per row, warm-started from the previous call or,
   cold, resampled from the pool's weights; after a burn-in they run in blocks until the between-chain
