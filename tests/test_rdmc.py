@@ -151,7 +151,7 @@ def test_mode_search_recovers_a_gaussian_mixture_and_tilts_it_exactly():
     modes are the component means, ``H`` their precisions, the Laplace masses the weights; tilted by
     N(z; e^s Y, τ² I) each component's mean and weight equal the dense product-of-Gaussians formulas
     (catches, reverted on purpose: mixture weights without the tilt's marginal N(e^s Y; μ_k, Σ_k + τ² I))."""
-    from diffpost.samplers.rdmc_modes import ModeMixture
+    from diffpost.samplers.rdmc_modes import ModeMixture, find_modes
     from diffpost.targets import GaussianMixture
     from diffpost.targets.base import EvalCounter
 
@@ -163,8 +163,9 @@ def test_mode_search_recovers_a_gaussian_mixture_and_tilts_it_exactly():
     w = torch.tensor([0.2, 0.5, 0.3], dtype=F64)
     t = GaussianMixture(w, means, covs)
     mm = ModeMixture(1, d, F64, torch.device("cpu"))
-    starts = means[None].repeat_interleave(4, 1) + 0.5 * randn((1, 4 * K, d), g, dtype=F64)
-    mm.search(EvalCounter(t), torch.zeros(1, dtype=torch.long), starts, "test")
+    starts = means.repeat_interleave(4, 0) + 0.5 * randn((4 * K, d), g, dtype=F64)
+    mu, H, log_mass = find_modes(EvalCounter(t), starts, "test")
+    mm.mu[0, :len(mu)], mm.H[0, :len(mu)], mm.log_mass[0, :len(mu)] = mu, H, log_mass
     found = torch.isfinite(mm.log_mass[0])
     assert int(found.sum()) == K
     order = torch.cdist(means, mm.mu[0, :K]).argmin(1)

@@ -32,6 +32,26 @@ def check_finite(t: torch.Tensor, what: str, where: str) -> None:
     )
 
 
+def check_log_density(lp: torch.Tensor, what: str, where: str) -> torch.Tensor:
+    """Raise ``SamplerDivergedError`` if ``lp`` has a NaN or ``+∞``; ``−∞`` (a point outside a bounded
+    support) is allowed. Returns the mask of the ``−∞`` entries."""
+    outside = lp == float("-inf")
+    if not bool(torch.isfinite(lp[~outside]).all()):
+        check_finite(lp[~outside], what, where)
+    return outside
+
+
+def log_prob_and_grad_checked(target, x: torch.Tensor, where: str, what: str = "log π"):
+    """``target.log_prob_and_grad(x)`` for samplers that accept bounded supports: ``log π = −∞`` is allowed
+    (its gradient is set to 0), a NaN or ``+∞`` density or a non-finite gradient elsewhere raises."""
+    lp, g = target.log_prob_and_grad(x)
+    outside = check_log_density(lp, what, where)
+    if bool(outside.any()):
+        g = torch.where(outside[..., None], torch.zeros_like(g), g)
+    check_finite(g, f"the gradient of {what}", where)
+    return lp, g
+
+
 def check_state(x: torch.Tensor, sampler: str, step: int, sigma: float | None = None) -> None:
     """Per-step guard of the σ-space samplers: ``"heun: state is not finite at step 3 (σ = 0.42)"``."""
     if bool(torch.isfinite(x).all()):

@@ -221,7 +221,7 @@ def rdmc(
             Y_new = E * Y + w0 * v0 + w1 * _score(x1, Y_new, s1) + noise
         check_finite(Y_new, "the reverse-diffusion state", where)
         info["inner"].append(_branch(info["estimates"][-n_est:]))
-        n_capped = int(est.capped.sum()) if inner != "exact" else 0
+        n_capped = int(est.capped.sum())  # none with exact means
         if n_capped > max_unconverged * n_samples:
             raise InnerBudgetError(
                 f"{where}: the inner estimates of {n_capped} of {n_samples} samples did not converge within "
@@ -244,7 +244,7 @@ def rdmc(
     info.update(counts=dict(counter.counts), counts_per_sample=counter.per_sample(n_samples),
                 evals_per_sample=counter.passes() / n_samples, time_s=time.perf_counter() - t0,
                 cap_hits=hits, n_estimates=len(info["estimates"]) * n_samples,
-                unconverged=int(est.capped.sum()) if inner != "exact" else 0,
+                unconverged=int(est.capped.sum()),
                 estimates=[vars(e) for e in info["estimates"]])
     if hits:
         worst = max(e["worst_ratio"] for e in info["estimates"])
@@ -282,7 +282,7 @@ def regularised_mean_estimate(
         raise ValueError(f"forward time s must be positive, got {s}")
     counter = EvalCounter(target)
     cfg = InnerSettings(max_evals=max_inner_evals, lipschitz=lipschitz if lipschitz is not None else target.lipschitz,
-                        chains="ula" if method == "ula" else "mala", mode_search_s=max(s, 1.0))
+                        chains="ula" if method == "ula" else "mala")
     est = InnerEstimator(counter, x.shape[0], generator, cfg, dtype=x.dtype, device=x.device)
     mean, stats = est.estimate(x, s, var_max, f"regularised_mean_estimate at s={s:.4g}", method)
     return mean, {"counts": dict(counter.counts), **vars(stats)}

@@ -33,7 +33,7 @@ import torch
 
 from diffpost.metrics import integrated_autocorrelation_time
 from diffpost.random import GeneratorLike, rand, randn
-from diffpost.samplers.errors import SamplerDivergedError, check_finite
+from diffpost.samplers.errors import SamplerDivergedError, check_finite, log_prob_and_grad_checked
 from diffpost.targets.base import EvalCounter
 
 #: MALA's acceptance-rate target (optimal for smooth targets in high dimension)
@@ -88,14 +88,8 @@ class InnerChains:
             g = self.target.grad_log_prob(flat).reshape(z.shape)
             check_finite(g, "the gradient of log π", where)
             return None, g, g - (z - centre[:, None]) / tau2
-        lp, g = self.target.log_prob_and_grad(flat)
+        lp, g = log_prob_and_grad_checked(self.target, flat, where)
         lp, g = lp.reshape(z.shape[:2]), g.reshape(z.shape)
-        outside = lp == -math.inf
-        if bool(outside.any()):
-            g = torch.where(outside[..., None], torch.zeros_like(g), g)
-        if not bool(torch.isfinite(lp[~outside]).all()):
-            check_finite(lp[~outside], "log π", where)
-        check_finite(g, "the gradient of log π", where)
         lq = lp - 0.5 * ((z - centre[:, None]) ** 2).sum(-1) / tau2
         return lq, g, g - (z - centre[:, None]) / tau2
 

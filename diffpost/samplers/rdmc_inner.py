@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 
 from diffpost.random import GeneratorLike, rand, randn
-from diffpost.samplers.errors import SamplerDivergedError, check_finite
+from diffpost.samplers.errors import SamplerDivergedError, check_log_density
 from diffpost.samplers.rdmc_chains import UNCONVERGED_RATIO, InnerChains, sub_generator
 from diffpost.samplers.rdmc_modes import ModeMixture, log_gaussian
 from diffpost.targets.base import EvalCounter
@@ -277,9 +277,7 @@ class InnerEstimator:
 
     def _log_prob(self, z, where):
         lp = self.target.log_prob(z.reshape(-1, self.d)).reshape(z.shape[:2])
-        # −∞: a proposal outside the support (weight 0); NaN or +∞: a broken density
-        if bool(torch.isnan(lp).any()) or bool((lp == math.inf).any()):
-            check_finite(lp, "log π at an importance-sampling proposal", where)
+        check_log_density(lp, "log π at an importance-sampling proposal", where)  # −∞: outside the support, weight 0
         return lp
 
     # ------------------------------------------------------------------ IS
@@ -366,7 +364,7 @@ class InnerEstimator:
             _, m_is, ess, fresh, mc_rows, ratios = self.importance(rows, Y, s, var_max, self.cfg.ess_min, where, force=mode == "is")
             new = mc_rows[~self.modes.used[mc_rows]] if self.modes is not None else mc_rows[:0]
             if len(new):  # plain IS failed: retry with the Laplace mixture at π's modes (searched once per run)
-                if not bool(self.modes.searched.all()):
+                if not self.modes.searched:
                     self.modes.search_shared(self.target, self.cfg.mode_search_s, f"{where}, mode search")
                 self.modes.used[new] = True
                 retry = new[self.modes.has[new]]

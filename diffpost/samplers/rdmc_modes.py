@@ -25,7 +25,7 @@ import math
 import torch
 
 from diffpost.random import make_generator, randn
-from diffpost.samplers.errors import check_finite
+from diffpost.samplers.errors import log_prob_and_grad_checked
 from diffpost.targets.base import EvalCounter
 
 #: largest number of distinct modes kept per row
@@ -48,67 +48,13 @@ class ModeMixture:
         self.mu = torch.zeros(n, max_modes, d, dtype=dtype, device=device)
         self.H = torch.eye(d, dtype=dtype, device=device).repeat(n, max_modes, 1, 1)
         self.log_mass = torch.full((n, max_modes), -math.inf, dtype=dtype, device=device)
-        self.searched = torch.zeros(n, dtype=torch.bool, device=device)
+        self.searched = False  # one search per run serves every row
         self.used = torch.zeros(n, dtype=torch.bool, device=device)  # rows whose proposals include the mixture
 
     @property
     def has(self) -> torch.Tensor:
         """Rows whose proposals include the Laplace mixture (modes found, and plain IS failed once)."""
         return torch.isfinite(self.log_mass).any(1) & self.used
-
-    def search(self, target: EvalCounter, rows: torch.Tensor, starts: torch.Tensor, where: str, n_iter: int = 100,
-               n_newton: int = 8):
-        """Gradient ascent on ``log π`` from ``starts`` ``(r, S, d)`` (steps grown on success, halved on
-        failure), then damped Newton steps (Hessian by gradient differences, eigenvalues taken in absolute
-        value and floored, halved until ``log π`` increases: badly conditioned posteriors such as logistic
-        regression with 31 features do not converge by gradient steps alone), then the distinct
-        converged modes."""
-        r, S, d = starts.shape
-        z = starts.clone()
-        lp, g = self._eval(target, z, where)
-        h = torch.full((r, S), 1e-2, dtype=z.dtype, device=z.device)
-        for _ in range(n_iter):
-            prop = z + h[..., None] * g
-            lp_p, g_p = self._eval(target, prop, where, step=True)
-            up = lp_p > lp
-            z = torch.where(up[..., None], prop, z)
-            lp, g = torch.where(up, lp_p, lp), torch.where(up[..., None], g_p, g)
-            h = torch.where(up, h * 1.5, h * 0.5)
-        for _ in range(n_newton):
-            lam, V = torch.linalg.eigh(self._hessian(target, z, g, where))
-            lam = lam.abs().clamp_min(1e-8 * lam.abs().amax(-1, keepdim=True).clamp_min(1e-300))
-            step = torch.einsum("rsde,rse->rsd", V, torch.einsum("rsde,rsd->rse", V, g) / lam)
-            t = torch.ones((r, S), dtype=z.dtype, device=z.device)
-            for _ in range(6):  # backtracking: the first fraction of the Newton step that increases log π
-                prop = z + t[..., None] * step
-                lp_p, g_p = self._eval(target, prop, where, step=True)
-                up = lp_p > lp
-                z = torch.where(up[..., None], prop, z)
-                lp, g = torch.where(up, lp_p, lp), torch.where(up[..., None], g_p, g)
-                t = torch.where(up, torch.zeros_like(t), t * 0.5)  # t = 0: done for this start
-        H = self._hessian(target, z, g, where)
-        evals, vecs = torch.linalg.eigh(H)
-        pd = evals[..., 0] > 1e-10 * evals[..., -1].abs().clamp_min(1e-300)
-        safe = torch.where(pd[..., None], evals, torch.ones_like(evals))
-        step = torch.einsum("rsde,rsd->rse", vecs, g)  # gradient in the eigenbasis
-        decrement = (step * step / safe).sum(-1)
-        ok = pd & (decrement < d) & torch.isfinite(lp)
-        logdet = torch.log(safe).sum(-1)
-        log_mass = torch.where(ok, lp - 0.5 * logdet + 0.5 * d * _LOG_2PI, torch.full_like(lp, -math.inf))
-        order = torch.argsort(log_mass, dim=1, descending=True)
-        for i, row in enumerate(rows.tolist()):
-            kept: list[int] = []
-            for j in order[i].tolist():
-                if not bool(torch.isfinite(log_mass[i, j])) or len(kept) == self.K:
-                    break
-                diff = z[i, j] - z[i, kept]  # (k, d)
-                d2 = torch.einsum("kd,kde,ke->k", diff, H[i, kept], diff)
-                if bool((d2 > MERGE_D2).all()):
-                    kept.append(j)
-            self.mu[row, :len(kept)], self.H[row, :len(kept)] = z[i, kept], H[i, kept]
-            self.log_mass[row] = -math.inf
-            self.log_mass[row, :len(kept)] = log_mass[i, kept]
-        self.searched[rows] = True
 
     def search_shared(self, target: EvalCounter, T: float, where: str) -> None:
         """The modes of ``π`` for every row at once (``π`` does not depend on ``Y``): ascent from the
@@ -127,15 +73,14 @@ class ModeMixture:
         rest[top] = False
         others = rest.nonzero().squeeze(1)
         pick = others[torch.randperm(len(others), generator=g, device="cpu")[:MODE_STARTS].to(device)]
-        one = ModeMixture(1, self.d, dtype, device, self.K)
-        one.search(target, torch.zeros(1, dtype=torch.long, device=device), cand[:, torch.cat([top, pick])], where)
-        self.mu[:], self.H[:], self.log_mass[:] = one.mu[0], one.H[0], one.log_mass[0]
-        if int(torch.isfinite(one.log_mass[0]).sum()) < 2:
-            # one mode: no relative masses to get right, and the plain proposal with its Gaussian fit does
-            # better (a Laplace proposal at BOD's single mode biased its mean by 5 standard errors at 2000
-            # samples through the self-normalised weights, against 1–2 without it)
-            self.log_mass[:] = -math.inf
-        self.searched[:] = True
+        mu, H, log_mass = find_modes(target, cand[0, torch.cat([top, pick])], where, self.K)
+        # one mode: no relative masses to get right, and the plain proposal with its Gaussian fit does better
+        # (a Laplace proposal at BOD's single mode biased its mean by 5 standard errors at 2000 samples
+        # through the self-normalised weights, against 1–2 without it)
+        if len(log_mass) >= 2:
+            k = len(log_mass)
+            self.mu[:, :k], self.H[:, :k], self.log_mass[:, :k] = mu, H, log_mass
+        self.searched = True
 
     def components(self, rows: torch.Tensor, Y: torch.Tensor, s: float):
         """The tilted components for ``q_s(· | Y)``: means ``(r, K, d)``, Cholesky factors of their
@@ -158,35 +103,84 @@ class ModeMixture:
                                                                     torch.zeros_like(log_tilt)), dim=1)
         return m, LC, logw
 
-    # ------------------------------------------------------------------ helpers
-    def _eval(self, target, z, where, step: bool = False):
-        """``log π`` and its gradient at ``z`` ``(r, S, d)``; ``log π = −∞`` (outside a bounded support) is
-        a point the ascent never moves to (gradient 0 there); NaN or ``+∞`` is a broken density at a start,
-        and a failed step (overflow far out, e.g. down the funnel's neck) at an ascent step."""
-        lp, g = target.log_prob_and_grad(z.reshape(-1, self.d))
-        lp, g = lp.reshape(z.shape[:2]), g.reshape(z.shape)
-        if step:
-            bad = ~torch.isfinite(lp) | ~torch.isfinite(g).all(-1)
-            lp = torch.where(bad, torch.full_like(lp, -math.inf), lp)
-        outside = lp == -math.inf
-        if bool(outside.any()):
-            g = torch.where(outside[..., None], torch.zeros_like(g), g)
-        if not bool(torch.isfinite(lp[~outside]).all()):
-            check_finite(lp[~outside], "log π (mode search)", where)
-        check_finite(g, "the gradient of log π (mode search)", where)
-        return lp, g
 
-    def _hessian(self, target, z, g, where):
-        """``−∇²log π`` at ``z`` ``(r, S, d)`` by forward differences of the gradient, symmetrised."""
-        d = self.d
-        eps = 1e-5 * (1 + z.abs().amax(-1, keepdim=True))  # (r, S, 1)
-        eye = torch.eye(d, dtype=z.dtype, device=z.device)
-        shifted = (z[:, :, None, :] + eps[..., None] * eye).reshape(-1, d)
-        gp = target.grad_log_prob(shifted).reshape(*z.shape[:2], d, d)
-        bad = ~torch.isfinite(gp).all(-1).all(-1)
-        gp = torch.where(bad[..., None, None], g[:, :, None, :].expand_as(gp), gp)
-        H = -(gp - g[:, :, None, :]) / eps[..., None]
-        return 0.5 * (H + H.transpose(-1, -2))
+def find_modes(target: EvalCounter, starts: torch.Tensor, where: str, max_modes: int = MAX_MODES, *,
+               n_iter: int = 100, n_newton: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct converged local modes of ``log π`` reached from ``starts`` ``(S, d)``: means ``(k, d)``,
+    precisions ``H = −∇²log π`` ``(k, d, d)`` and log Laplace masses ``(k,)``, heaviest first, ``k ≤ max_modes``.
+
+    Gradient ascent (steps grown on success, halved on failure), then damped Newton steps (Hessian by
+    gradient differences, eigenvalues taken in absolute value and floored, halved until ``log π``
+    increases: badly conditioned posteriors such as logistic regression with 31 features do not converge
+    by gradient steps alone)."""
+    z = starts[None].clone()  # (1, S, d): the helpers work on batches of start sets
+    S, d = starts.shape
+    lp, g = _eval(target, z, where)
+    h = torch.full((1, S), 1e-2, dtype=z.dtype, device=z.device)
+    for _ in range(n_iter):
+        prop = z + h[..., None] * g
+        lp_p, g_p = _eval(target, prop, where, step=True)
+        up = lp_p > lp
+        z = torch.where(up[..., None], prop, z)
+        lp, g = torch.where(up, lp_p, lp), torch.where(up[..., None], g_p, g)
+        h = torch.where(up, h * 1.5, h * 0.5)
+    for _ in range(n_newton):
+        lam, V = torch.linalg.eigh(_hessian(target, z, g))
+        lam = lam.abs().clamp_min(1e-8 * lam.abs().amax(-1, keepdim=True).clamp_min(1e-300))
+        step = torch.einsum("rsde,rse->rsd", V, torch.einsum("rsde,rsd->rse", V, g) / lam)
+        t = torch.ones((1, S), dtype=z.dtype, device=z.device)
+        for _ in range(6):  # backtracking: the first fraction of the Newton step that increases log π
+            prop = z + t[..., None] * step
+            lp_p, g_p = _eval(target, prop, where, step=True)
+            up = lp_p > lp
+            z = torch.where(up[..., None], prop, z)
+            lp, g = torch.where(up, lp_p, lp), torch.where(up[..., None], g_p, g)
+            t = torch.where(up, torch.zeros_like(t), t * 0.5)  # t = 0: done for this start
+    H = _hessian(target, z, g)
+    evals, vecs = torch.linalg.eigh(H)
+    pd = evals[..., 0] > 1e-10 * evals[..., -1].abs().clamp_min(1e-300)
+    safe = torch.where(pd[..., None], evals, torch.ones_like(evals))
+    grad = torch.einsum("rsde,rsd->rse", vecs, g)  # gradient in the eigenbasis
+    decrement = (grad * grad / safe).sum(-1)
+    ok = pd & (decrement < d) & torch.isfinite(lp)
+    log_mass = torch.where(ok, lp - 0.5 * torch.log(safe).sum(-1) + 0.5 * d * _LOG_2PI, torch.full_like(lp, -math.inf))
+    z, H, log_mass = z[0], H[0], log_mass[0]
+    kept: list[int] = []
+    for j in torch.argsort(log_mass, descending=True).tolist():
+        if not bool(torch.isfinite(log_mass[j])) or len(kept) == max_modes:
+            break
+        diff = z[j] - z[kept]  # (k, d)
+        if bool((torch.einsum("kd,kde,ke->k", diff, H[kept], diff) > MERGE_D2).all()):
+            kept.append(j)
+    return z[kept], H[kept], log_mass[kept]
+
+
+def _eval(target, z, where, step: bool = False):
+    """``log π`` and its gradient at ``z`` ``(r, S, d)``; ``log π = −∞`` (outside a bounded support) is a
+    point the ascent never moves to (gradient 0 there); NaN or ``+∞`` is a broken density at a start, and a
+    failed step (overflow far out, e.g. down the funnel's neck) at an ascent step."""
+    flat = z.reshape(-1, z.shape[-1])
+    if step:
+        lp, g = target.log_prob_and_grad(flat)
+        bad = ~torch.isfinite(lp) | ~torch.isfinite(g).all(-1)
+        lp = torch.where(bad, torch.full_like(lp, -math.inf), lp)
+        g = torch.where(bad[:, None], torch.zeros_like(g), g)
+    else:
+        lp, g = log_prob_and_grad_checked(target, flat, where, "log π (mode search)")
+    return lp.reshape(z.shape[:2]), g.reshape(z.shape)
+
+
+def _hessian(target, z, g):
+    """``−∇²log π`` at ``z`` ``(r, S, d)`` by forward differences of the gradient, symmetrised."""
+    d = z.shape[-1]
+    eps = 1e-5 * (1 + z.abs().amax(-1, keepdim=True))  # (r, S, 1)
+    eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    shifted = (z[:, :, None, :] + eps[..., None] * eye).reshape(-1, d)
+    gp = target.grad_log_prob(shifted).reshape(*z.shape[:2], d, d)
+    bad = ~torch.isfinite(gp).all(-1).all(-1)
+    gp = torch.where(bad[..., None, None], g[:, :, None, :].expand_as(gp), gp)
+    H = -(gp - g[:, :, None, :]) / eps[..., None]
+    return 0.5 * (H + H.transpose(-1, -2))
 
 
 def log_gaussian(z: torch.Tensor, mu: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
